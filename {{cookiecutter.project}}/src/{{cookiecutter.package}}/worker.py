@@ -1,0 +1,69 @@
+"""The one definition of each worker's command line, used by compose and the tests alike.
+
+    python -m {{ cookiecutter.package }}.worker cpu    # prefork (or solo), queue "cpu"
+    python -m {{ cookiecutter.package }}.worker io     # gevent (or threads), queue "io"
+
+Settings are validated first, then the process is replaced by Celery (``exec``) so
+signals from Docker reach the worker directly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from {{ cookiecutter.package }}.settings import Settings, get_settings
+
+KINDS = ("cpu", "io")
+
+
+def worker_argv(kind: str, settings: Settings) -> list[str]:
+    """Celery's command line for the worker of ``kind`` ("cpu" or "io")."""
+    if kind == "cpu":
+        pool = settings.cpu_pool
+        # solo runs one task at a time in the worker process itself: scale it by replicas.
+        concurrency = "1" if pool == "solo" else str(settings.cpu_concurrency)
+        prefetch = settings.cpu_prefetch_multiplier
+    elif kind == "io":
+        pool = settings.io_pool
+        concurrency = str(settings.io_concurrency)
+        prefetch = settings.io_prefetch_multiplier
+    else:
+        raise ValueError(f"unknown worker kind {kind!r}; accepted: {', '.join(KINDS)}")
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "{{ cookiecutter.package }}.celery_app",
+        "worker",
+        f"--queues={kind}",
+        f"--hostname={kind}@%h",
+        # The pool must be on the command line: Celery monkey-patches for gevent only
+        # when it sees "-P gevent" there, not when it comes from the environment.
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
+        f"--prefetch-multiplier={prefetch}",
+        f"--loglevel={settings.log_level}",
+        # Mingle (sync with peers at start) cost ~1 s per start; gossip scales with the
+        # number of workers. Neither is needed: Flower uses events.
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    if pool == "prefork" and settings.max_memory_per_child:
+        # A child above the cap is replaced after its current task: leaks cannot grow forever.
+        argv.append(f"--max-memory-per-child={settings.max_memory_per_child}")
+    return argv
+
+
+def main(args: list[str] | None = None) -> None:
+    args = sys.argv[1:] if args is None else args
+    if len(args) != 1 or args[0] not in KINDS:
+        print("usage: python -m {{ cookiecutter.package }}.worker cpu|io", file=sys.stderr)
+        raise SystemExit(2)
+    argv = worker_argv(args[0], get_settings())
+    os.execv(argv[0], argv)  # noqa: S606 - replace this process with Celery
+
+
+if __name__ == "__main__":
+    main()

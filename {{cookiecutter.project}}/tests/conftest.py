@@ -1,0 +1,173 @@
+"""Real processes for the integration tests: redis-server, the demo API and both workers.
+
+The workers are started with ``python -m {{ cookiecutter.package }}.worker cpu|io``, the same
+command compose runs. Set TEST_REDIS_URL to use a Redis you already run (e.g. a CI service).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Unit tests import the app, which reads settings at import: give them a syntactically
+# valid URL that nothing listens on. Integration fixtures set the real one.
+os.environ.setdefault("REDIS_URL", "redis://:unit-tests@127.0.0.1:9/0")
+
+# Test defaults: nothing from the caller's environment leaks into the stack under test.
+STACK_VARS = (
+    "REDIS_URL",
+    "CPU_POOL",
+    "IO_POOL",
+    "CPU_CONCURRENCY",
+    "IO_CONCURRENCY",
+    "TASK_EVENTS",
+    "DEMO_API_URL",
+    "HEARTBEAT_FILE",
+    "LOG_LEVEL",
+    "TASK_TIME_LIMIT",
+    "VISIBILITY_TIMEOUT",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready within {timeout:g} s")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    if os.environ.get("TEST_REDIS_URL"):
+        yield os.environ["TEST_REDIS_URL"]
+        return
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail(
+            "redis-server not found: install it (apt-get install redis-server) or set TEST_REDIS_URL"
+        )
+    port, password = free_port(), secrets.token_urlsafe(24)
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            password,
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_until(lambda: port_open(port), 10, "redis-server")
+    yield f"redis://:{password}@127.0.0.1:{port}/0"
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def demo_api_url() -> Iterator[str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "{{ cookiecutter.package }}.demo_api", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd)
+    wait_until(lambda: port_open(port), 15, "demo API")
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_url, demo_api_url) -> dict[str, str]:
+    """The environment the stack runs with, as compose would give it."""
+    env = {k: v for k, v in os.environ.items() if k not in STACK_VARS}
+    env.update(
+        REDIS_URL=redis_url, DEMO_API_URL=demo_api_url, IO_CONCURRENCY="200", CPU_CONCURRENCY="2"
+    )
+    return env
+
+
+class Worker:
+    def __init__(self, kind: str, env: dict[str, str], logdir: Path):
+        self.kind = kind
+        self.heartbeat = logdir / f"{kind}.heartbeat"
+        self.log = logdir / f"worker-{kind}.log"
+        env = {**env, "HEARTBEAT_FILE": str(self.heartbeat)}
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "{{ cookiecutter.package }}.worker", kind],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker {self.kind} exited:\n{self.log.read_text()}")
+        return self.heartbeat.exists() and "ready." in self.log.read_text()
+
+
+@pytest.fixture(scope="session")
+def workers(stack_env, tmp_path_factory) -> Iterator[dict[str, Worker]]:
+    logdir = tmp_path_factory.mktemp("workers")
+    started = {kind: Worker(kind, stack_env, logdir) for kind in ("cpu", "io")}
+    try:
+        for worker in started.values():
+            wait_until(worker.ready, 60, f"worker {worker.kind}")
+        yield started
+    finally:
+        for worker in started.values():
+            stop(worker.proc)
+
+
+@pytest.fixture(scope="session")
+def run_producer(stack_env, workers):
+    """Run the producer CLI against the running workers; returns the finished process."""
+
+    def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "{{ cookiecutter.package }}.producer", *args],
+            env=stack_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

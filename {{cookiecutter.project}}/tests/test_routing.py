@@ -1,0 +1,65 @@
+"""Routing and worker commands: every task reaches the queue of its module, each worker its pool."""
+
+import pytest
+
+from {{ cookiecutter.package }}.celery_app import TASK_ROUTES, app
+from {{ cookiecutter.package }}.settings import Settings
+from {{ cookiecutter.package }}.worker import worker_argv
+
+PACKAGE = "{{ cookiecutter.package }}"
+
+
+def our_tasks() -> list[str]:
+    app.loader.import_default_modules()
+    return sorted(name for name in app.tasks if name.startswith(PACKAGE + "."))
+
+
+def test_every_task_is_explicitly_routed_to_its_module_queue():
+    names = our_tasks()
+    assert len(names) >= 5
+    for name in names:
+        expected = name.split(".")[-2]  # tasks/cpu.py -> "cpu", tasks/io.py -> "io"
+        route = app.amqp.router.route({}, name)
+        assert route["queue"].name == expected, name
+
+
+def test_routes_only_name_declared_queues():
+    declared = {q.name for q in app.conf.{{ cookiecutter.package }}s}
+    assert declared == {"cpu", "io"}
+    assert {r["queue"] for r in TASK_ROUTES.values()} == declared
+
+
+def test_only_json_is_accepted():
+    assert app.conf.accept_content == ["json"]
+    assert app.conf.result_accept_content == ["json"]
+    assert app.conf.task_serializer == app.conf.result_serializer == "json"
+
+
+def argv(kind, **env):
+    return worker_argv(kind, Settings(redis_url="redis://:pw@r:6379/0", **env))
+
+
+def test_cpu_worker_command():
+    cmd = argv("cpu", cpu_pool="prefork", cpu_concurrency="auto")
+    assert {
+        "--queues=cpu",
+        "--pool=prefork",
+        "--concurrency=auto",
+        "--prefetch-multiplier=1",
+    } <= set(cmd)
+    assert any(a.startswith("--max-memory-per-child=") for a in cmd)
+
+
+def test_io_worker_command_carries_the_pool():
+    cmd = argv("io", io_pool="gevent", io_concurrency=321)
+    assert {"--queues=io", "--pool=gevent", "--concurrency=321"} <= set(cmd)
+    assert not any(a.startswith("--max-memory-per-child") for a in cmd)
+
+
+def test_solo_runs_one_task_per_process():
+    assert "--concurrency=1" in argv("cpu", cpu_pool="solo", cpu_concurrency=8)
+
+
+def test_unknown_worker_kind_is_refused():
+    with pytest.raises(ValueError, match="accepted: cpu, io"):
+        argv("gpu")

@@ -1,0 +1,90 @@
+"""The stack for real: redis-server, the demo API and both workers as separate processes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from {{ cookiecutter.package }}.producer import peak_in_flight
+
+EXPECTED_CPU_POOL = "{{ cookiecutter.cpu_pool }}"
+EXPECTED_IO_POOL = "{{ cookiecutter.io_pool }}"
+
+
+def test_peak_in_flight():
+    assert peak_in_flight([(0, 2), (1, 3), (2.5, 4)]) == 2
+    assert peak_in_flight([(0, 1), (1, 2)]) == 1
+    assert peak_in_flight([]) == 0
+
+
+@pytest.fixture(scope="module")
+def mixed_run(run_producer):
+    proc = run_producer(
+        "--cpu", "8", "--io", "60", "--cpu-limit", "60000", "--io-delay", "0.2", "--json"
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_every_task_succeeds(mixed_run):
+    assert mixed_run["ok"] is True
+    assert (mixed_run["submitted"], mixed_run["succeeded"], mixed_run["failed"]) == (68, 68, 0)
+
+
+def test_cpu_tasks_ran_on_the_cpu_worker(mixed_run):
+    cpu = mixed_run["queues"]["cpu"]
+    assert cpu["succeeded"] == 8
+    assert cpu["pools"] == {EXPECTED_CPU_POOL: 8}
+    assert cpu["delivered_via"] == {"cpu": 8}
+    assert all(name.startswith("cpu@") for name in cpu["workers"])
+
+
+def test_io_tasks_ran_on_the_io_worker(mixed_run):
+    io = mixed_run["queues"]["io"]
+    assert io["succeeded"] == 60
+    assert io["pools"] == {EXPECTED_IO_POOL: 60}
+    assert io["delivered_via"] == {"io": 60}
+    assert all(name.startswith("io@") for name in io["workers"])
+
+
+def test_io_worker_runs_hundreds_of_calls_at_once(run_producer):
+    """200 calls that each wait 0.5 s: a pool of 2 would need 50 s, the io pool one round."""
+    proc = run_producer("--cpu", "0", "--io", "200", "--io-delay", "0.5", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    io = json.loads(proc.stdout)["queues"]["io"]
+    print(
+        f"200 x 0.5 s I/O tasks: peak {io['peak_in_flight']} in flight, makespan {io['makespan_s']} s"
+    )
+    assert io["succeeded"] == 200
+    assert io["peak_in_flight"] >= 150
+    # Loose on purpose (shared CI machines), yet 10x below the 50 s a pool of 2 needs.
+    assert io["makespan_s"] < 5
+
+
+BAD_CALLS = """
+from {{ cookiecutter.package }}.tasks import cpu, io
+for call, arg in ((cpu.count_primes, "many"), (io.wait_on_api, -3), (io.fetch, 42)):
+    try:
+        call.delay(arg).get(timeout=30)
+    except ValueError as exc:
+        print(f"{call.name}: {exc}")
+print("after:", cpu.count_primes.delay(100).get(timeout=30)["result"])
+"""
+
+
+def test_bad_arguments_fail_clearly_and_workers_keep_serving(workers, stack_env):
+    proc = subprocess.run(
+        [sys.executable, "-c", BAD_CALLS],
+        env=stack_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "{{ cookiecutter.package }}.tasks.cpu.count_primes: limit must be an integer from 0 to 50000000, got 'many'",
+        "{{ cookiecutter.package }}.tasks.io.wait_on_api: seconds must be a number from 0 to 60.0, got -3",
+        "{{ cookiecutter.package }}.tasks.io.fetch: url must be an http:// or https:// URL string, got 42",
+        "after: 25",
+    ]
