@@ -13,6 +13,7 @@ import argparse
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -86,7 +87,8 @@ def _run(args, base: dict[str, str], redis_url: str, api_url: str, workdir: Path
     from {{ cookiecutter.package }}.bench.runs import Bench
 
     sizes = scenarios.SMOKE if args.smoke else scenarios.FULL
-    console = Console()
+    # Wide tables also when the output goes to a file or CI log.
+    console = Console(width=None if sys.stdout.isatty() else 200)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

@@ -74,8 +74,7 @@ def run_batch(
         loaded_pss = {w.name: _tree_pss(w) for w in workers}
         children = {w.name: len(w.tree()) - 1 for w in workers}
     finally:
-        for worker in workers:
-            procs.stop(worker.proc)
+        procs.stop(*(worker.proc for worker in workers))
     return {
         **task_timings(jobs),
         "worker_cpu_s": round(cpu, 3),

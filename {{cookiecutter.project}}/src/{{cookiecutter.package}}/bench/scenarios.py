@@ -10,7 +10,6 @@ from {{ cookiecutter.package }}.celery_app import CPU_QUEUE, IO_QUEUE
 from {{ cookiecutter.package }}.producer import Job
 from {{ cookiecutter.package }}.tasks import cpu, io
 
-EVENTS = (False, True)
 
 
 @dataclass(frozen=True)
@@ -28,6 +27,8 @@ class Sizes:
     mixed_io_tasks: int = 200
     mixed_io_latency: float = 0.5
     noop_tasks: int = 4000
+    # Task events off (Celery's default) and on (what Flower switches on), side by side.
+    events: tuple[bool, ...] = (False, True)
 
 
 FULL = Sizes()
@@ -42,6 +43,8 @@ SMOKE = Sizes(
     mixed_io_tasks=20,
     mixed_io_latency=0.2,
     noop_tasks=100,
+    # Each worker start and stop costs seconds: CI checks the code paths, once.
+    events=(False,),
 )
 
 
@@ -83,7 +86,7 @@ def untuned(
 def io_throughput(bench: Bench, sizes: Sizes) -> list[dict]:
     rows = []
     for latency in (sizes.io_latency, sizes.overhead_latency):
-        for events in EVENTS:
+        for events in sizes.events:
             rows += [
                 _io_row(bench, sizes, latency, events, variant)
                 for variant in _io_variants(latency, sizes)
@@ -138,7 +141,7 @@ def _pct(bound_s: float, makespan_s: float | None) -> float | None:
 
 def memory(bench: Bench, sizes: Sizes) -> list[dict]:
     rows = []
-    for events in EVENTS:
+    for events in sizes.events:
         rows.append(
             _memory_row(
                 bench,
@@ -205,7 +208,7 @@ def _memory_row(
 
 def mixed(bench: Bench, sizes: Sizes) -> list[dict]:
     rows = []
-    for events in EVENTS:
+    for events in sizes.events:
         rows.append(_mixed_row(bench, sizes, "template: cpu prefork + io gevent", events))
         rows.append(_mixed_row(bench, sizes, "default: one prefork worker", events))
     return rows
@@ -273,7 +276,7 @@ def _mixed_figures(sizes: Sizes, jobs: list[Job]) -> dict:
 
 def overhead(bench: Bench, sizes: Sizes) -> list[dict]:
     rows = []
-    for events in EVENTS:
+    for events in sizes.events:
         for variant in ("template io", "untuned gevent", "template cpu", "untuned prefork"):
             rows.append(_overhead_row(bench, sizes, variant, events))
     return rows

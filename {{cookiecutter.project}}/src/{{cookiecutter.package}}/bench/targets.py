@@ -28,7 +28,7 @@ def _at_most(value: float | None, high: float) -> bool | None:
 
 def evaluate(results: dict, sizes) -> list[dict]:
     out = []
-    for events in (False, True):
+    for events in sizes.events:
         out += _io_targets(results.get("io", []), sizes, events)
         out += _memory_targets(results.get("memory", []), events)
         out += _mixed_targets(results.get("mixed", []), events)
