@@ -29,7 +29,13 @@ RUNTIME = {"pool": "unknown"}
 
 def make_app() -> Celery:
     settings = get_settings()
-    app = Celery("{{ cookiecutter.package }}", include=["{{ cookiecutter.package }}.tasks.cpu", "{{ cookiecutter.package }}.tasks.io"])
+    app = Celery(
+        "{{ cookiecutter.package }}",
+        include=[
+            "{{ cookiecutter.package }}.tasks.cpu",
+            "{{ cookiecutter.package }}.tasks.io",
+        ],
+    )
     app.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.broker_url,
