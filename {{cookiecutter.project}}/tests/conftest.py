@@ -107,7 +107,15 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def demo_api_url() -> Iterator[str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "{{ cookiecutter.package }}.demo_api", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "{{ cookiecutter.package }}.demo_api",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     proc = subprocess.Popen(cmd)
     wait_until(lambda: port_open(port), 15, "demo API")
     yield f"http://127.0.0.1:{port}"
@@ -132,7 +140,12 @@ class Worker:
         env = {**env, "HEARTBEAT_FILE": str(self.heartbeat)}
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "{{ cookiecutter.package }}.worker", kind],
+                [
+                    sys.executable,
+                    "-m",
+                    "{{ cookiecutter.package }}.worker",
+                    kind,
+                ],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -163,7 +176,12 @@ def run_producer(stack_env, workers):
 
     def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "{{ cookiecutter.package }}.producer", *args],
+            [
+                sys.executable,
+                "-m",
+                "{{ cookiecutter.package }}.producer",
+                *args,
+            ],
             env=stack_env,
             capture_output=True,
             text=True,

@@ -36,7 +36,10 @@ def main(args: list[str]) -> int:
         return 0 if heartbeat_ok(os.environ.get("HEARTBEAT_FILE", "/tmp/worker-heartbeat")) else 1
     if args[:1] == ["http"] and len(args) == 2:
         return 0 if http_ok(args[1]) else 1
-    print("usage: python -m {{ cookiecutter.package }}.health heartbeat | http URL", file=sys.stderr)
+    print(
+        "usage: python -m {{ cookiecutter.package }}.health heartbeat | http URL",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -59,7 +59,10 @@ def worker_argv(kind: str, settings: Settings) -> list[str]:
 def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
     if len(args) != 1 or args[0] not in KINDS:
-        print("usage: python -m {{ cookiecutter.package }}.worker cpu|io", file=sys.stderr)
+        print(
+            "usage: python -m {{ cookiecutter.package }}.worker cpu|io",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     argv = worker_argv(args[0], get_settings())
     os.execv(argv[0], argv)  # noqa: S606 - replace this process with Celery

@@ -1,0 +1,124 @@
+"""Generation across the option matrix: renders fully, lints clean, compose and lock are valid.
+
+Every value of every choice appears at least once; cpu_pool x io_pool (the pair that
+interacts at run time) appears in all four combinations; one case stretches name lengths.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import generate, run
+
+CASES = {
+    "default": {},
+    "solo-threads-py312": {"cpu_pool": "solo", "io_pool": "threads", "python_version": "3.12"},
+    "prefork-threads-py311": {
+        "io_pool": "threads",
+        "python_version": "3.11",
+        "github_actions": "no",
+    },
+    "solo-gevent-numbers": {
+        "cpu_pool": "solo",
+        "cpu_concurrency": "4",
+        "io_concurrency": "1000",
+        "flower_port": "15555",
+    },
+    "long-names": {
+        "project_name": "Very Long Project Name For Checking Line Lengths",
+        "description": "Ünïcödé and 'single quotes' in a description",
+        "author": "Zoë O'Brien",
+    },
+}
+
+UNRENDERED = re.compile(r"{{|}}|{%|%}|cookiecutter\.")
+BINARY_SUFFIXES = {".png", ".jpg", ".ico"}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def project(request, tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp(request.param), **CASES[request.param])
+
+
+def test_matrix_covers_every_choice():
+    import json
+
+    from conftest import TEMPLATE
+
+    options = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+    for name, values in options.items():
+        if isinstance(values, list):
+            used = {case.get(name, values[0]) for case in CASES.values()}
+            assert used == set(values), f"{name}: {set(values) - used} never generated"
+
+
+def test_nothing_left_unrendered(project):
+    for path in project.rglob("*"):
+        if path.is_file() and path.suffix not in BINARY_SUFFIXES:
+            text = path.read_text()
+            hits = [line for line in text.splitlines() if UNRENDERED.search(line)]
+            assert not hits, f"{path.relative_to(project)}: {hits[:3]}"
+        assert not UNRENDERED.search(path.name), path
+
+
+def test_ruff_check_and_format(project):
+    ruff = shutil.which("ruff")
+    run([ruff, "check", "--no-cache", "."], cwd=project)
+    run([ruff, "format", "--check", "--no-cache", "."], cwd=project)
+
+
+def test_lock_matches_pyproject(project):
+    run(["uv", "lock", "--check"], cwd=project, timeout=300)
+
+
+def test_hadolint_dockerfile(project):
+    run([shutil.which("hadolint"), "Dockerfile"], cwd=project)
+
+
+def test_shell_scripts_pass_shellcheck(project):
+    scripts = [str(p) for p in project.rglob("*.sh")]
+    if scripts:
+        run([shutil.which("shellcheck"), *scripts], cwd=project)
+
+
+def test_yaml_files_parse(project):
+    for path in [*project.glob("*.yaml"), *project.glob(".github/**/*.yml")]:
+        assert yaml.safe_load(path.read_text()), path
+
+
+def test_compose_config_is_valid(project, require_docker):
+    out = run(
+        ["docker", "compose", "--profile", "tools", "config", "--format", "json"], cwd=project
+    ).stdout
+    import json
+
+    config = json.loads(out)
+    services = config["services"]
+    assert {"redis", "worker-cpu", "worker-io", "flower", "producer"} <= set(services)
+    package = next(p.name for p in (project / "src").iterdir())
+    # The very command the generated tests start workers with (tests/conftest.py there).
+    for kind in ("cpu", "io"):
+        assert services[f"worker-{kind}"]["command"] == ["python", "-m", f"{package}.worker", kind]
+        assert f'"{package}.worker"' in (project / "tests" / "conftest.py").read_text()
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", (name, port)
+    assert "ports" not in services["redis"]
+
+
+def test_dev_override_is_valid(project, require_docker):
+    run(
+        ["docker", "compose", "-f", "compose.yaml", "-f", "compose.dev.yaml", "config", "-q"],
+        cwd=project,
+    )
+
+
+def test_env_and_secrets_are_ignored(project):
+    assert ".env" in (project / ".gitignore").read_text().splitlines()
+    dockerignore = (project / ".dockerignore").read_text().splitlines()
+    assert dockerignore[dockerignore.index("*")] == "*"  # deny by default
+    assert not any(line.startswith("!.env") for line in dockerignore)

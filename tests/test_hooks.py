@@ -1,0 +1,159 @@
+"""The hooks: every bad answer is refused with one clear line and leaves nothing on disk."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import TEMPLATE, generate
+from cookiecutter.exceptions import FailedHookException
+
+
+def load_hook(name: str):
+    spec = importlib.util.spec_from_file_location(name, TEMPLATE / "hooks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pre = load_hook("pre_gen_project")
+post = load_hook("post_gen_project")
+
+DEFAULTS = {
+    "project_name": "Task Queue",
+    "project": "task-queue",
+    "package": "task_queue",
+    "description": "A description",
+    "author": "Ada",
+    "python_version": "3.13",
+    "cpu_pool": "prefork",
+    "io_pool": "gevent",
+    "cpu_concurrency": "auto",
+    "io_concurrency": "200",
+    "flower_port": "5555",
+    "github_actions": "yes",
+}
+
+# (variable, bad value, text the message must contain about what is accepted)
+BAD_ANSWERS = [
+    ("project_name", "", "printable characters"),
+    ("project_name", "x" * 81, "1 to 80"),
+    ("project_name", 'Say "hi"', "without quotes"),
+    ("project", "My Project", "lowercase letters"),
+    ("project", "-leading", "starting with a letter"),
+    ("project", "double--hyphen", "single hyphens"),
+    ("project", "a" * 51, "at most 50"),
+    ("package", "1abc", "Python identifier"),
+    ("package", "my-pkg", "Python identifier"),
+    ("package", "class", "not a keyword"),
+    ("package", "celery", "dependency name"),
+    ("package", "json", "standard-library"),
+    ("package", "Upper", "lowercase"),
+    ("description", "line one\nline two", "printable"),
+    ("author", "back\\slash", "without quotes or backslashes"),
+    ("python_version", "3.10", "3.11 or 3.12 or 3.13"),
+    ("cpu_pool", "eventlet", "prefork or solo"),
+    ("io_pool", "eventlet", "gevent or threads"),
+    ("cpu_concurrency", "0", "'auto' or an integer from 1 to 1024"),
+    ("cpu_concurrency", "lots", "'auto' or an integer"),
+    ("io_concurrency", "abc", "an integer from 1 to 10000"),
+    ("io_concurrency", "0", "an integer from 1 to 10000"),
+    ("io_concurrency", "-5", "an integer from 1 to 10000"),
+    ("io_concurrency", "20000", "an integer from 1 to 10000"),
+    ("flower_port", "80", "an integer from 1024 to 65535"),
+    ("flower_port", "70000", "an integer from 1024 to 65535"),
+    ("github_actions", "maybe", "yes or no"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "accepted"), BAD_ANSWERS)
+def test_validate_names_variable_value_and_accepted(name, value, accepted):
+    with pytest.raises(pre.InvalidAnswer) as caught:
+        pre.validate({**DEFAULTS, name: value})
+    message = str(caught.value)
+    assert message.startswith(f"{name}={value!r} is invalid; accepted: ")
+    assert accepted in message
+    assert "\n" not in message
+
+
+def test_defaults_are_valid():
+    pre.validate(DEFAULTS)
+    assert pre.main(json.dumps(DEFAULTS)) == 0
+
+
+def test_main_prints_one_line_and_fails(capsys):
+    assert pre.main(json.dumps({**DEFAULTS, "io_concurrency": "abc"})) == 1
+    err = capsys.readouterr().err
+    assert err == "error: io_concurrency='abc' is invalid; accepted: an integer from 1 to 10000\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepted"),
+    [BAD_ANSWERS[i] for i in (3, 7, 10, 14, 20, 24)],
+)
+def test_cookiecutter_refuses_bad_input_and_leaves_nothing(tmp_path, capfd, name, value, accepted):
+    overrides = {name: value}
+    if name == "project":  # keep the derived package valid so the project check is the one hit
+        overrides["package"] = "ok_pkg"
+    with pytest.raises(FailedHookException):
+        generate(tmp_path, **overrides)
+    assert list(tmp_path.iterdir()) == []
+    err = capfd.readouterr().err
+    assert f"error: {name}={value!r} is invalid; accepted: " in err
+    assert accepted in err
+
+
+def test_render_env_fills_every_secret():
+    example = "# comment\nREDIS_PASSWORD=\nOTHER=1\nFLOWER_PASSWORD=\n"
+    text = post.render_env(example, {"REDIS_PASSWORD": "r1", "FLOWER_PASSWORD": "f1"})
+    assert text == "# comment\nREDIS_PASSWORD=r1\nOTHER=1\nFLOWER_PASSWORD=f1\n"
+
+
+def test_render_env_refuses_a_template_without_the_secret_line():
+    with pytest.raises(ValueError, match="no line for FLOWER_PASSWORD"):
+        post.render_env("REDIS_PASSWORD=\n", {"REDIS_PASSWORD": "x", "FLOWER_PASSWORD": "y"})
+
+
+def test_secrets_are_fresh_and_url_safe():
+    values = {post.new_secret() for _ in range(50)}
+    assert len(values) == 50
+    for value in values:
+        assert len(value) >= 40
+        assert set(value) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def test_write_private_is_owner_only(tmp_path):
+    target = tmp_path / ".env"
+    post.write_private(target, "A=1\n")
+    assert target.read_text() == "A=1\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [".env"]
+
+
+def test_remove_unchosen(tmp_path):
+    (tmp_path / ".github" / "workflows").mkdir(parents=True)
+    assert post.remove_unchosen(tmp_path, {"github_actions": "no"}) == [".github"]
+    assert not (tmp_path / ".github").exists()
+
+
+def env_values(project: Path) -> dict[str, str]:
+    lines = (project / ".env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_generated_env_has_distinct_fresh_secrets(tmp_path):
+    first = env_values(generate(tmp_path / "a"))
+    second = env_values(generate(tmp_path / "b"))
+    for key in post.SECRET_KEYS:
+        assert len(first[key]) >= 40
+        assert first[key] != second[key]
+    assert first["REDIS_PASSWORD"] != first["FLOWER_PASSWORD"]
+
+
+def test_env_example_has_no_secret_values(default_project):
+    example = (default_project / ".env.example").read_text().splitlines()
+    for key in post.SECRET_KEYS:
+        assert f"{key}=" in example
