@@ -54,8 +54,17 @@ def clean_environment() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key.upper() not in knobs}
 
 
+def require_matplotlib() -> None:
+    # Checked first: finding it missing after a ten-minute run would waste the run.
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SystemExit("matplotlib is missing: uv sync --group bench") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require_matplotlib()
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     redis_proc, redis_url = procs.start_redis(workdir)

@@ -118,8 +118,10 @@ def _io_row(bench: Bench, sizes: Sizes, latency: float, events: bool, variant: s
         )
     jobs = [Job(IO_QUEUE, io.wait_on_api.s(latency)) for _ in range(n)]
     label = f"io L={latency:g}s {variant} events={'on' if events else 'off'}"
-    result = run_batch(bench, label, specs, jobs, preload=True, timeout=60 + 3 * n * latency)
     bound_s = n * latency / slots
+    # Generous (150 tasks/s would do), yet a lost task ends the run instead of hanging it.
+    timeout = 120 + 5 * max(bound_s, n / 150)
+    result = run_batch(bench, label, specs, jobs, preload=True, timeout=timeout)
     return {
         "variant": variant,
         "events": events,
