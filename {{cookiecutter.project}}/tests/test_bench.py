@@ -7,7 +7,10 @@ import sys
 import pytest
 
 from {{ cookiecutter.package }}.bench import procs
-from {{ cookiecutter.package }}.bench.commands import tuned_argv, untuned_argv
+from {{ cookiecutter.package }}.bench.commands import (
+    tuned_argv,
+    untuned_argv,
+)
 from {{ cookiecutter.package }}.bench.runs import task_timings
 from {{ cookiecutter.package }}.producer import Job
 from {{ cookiecutter.package }}.settings import Settings
@@ -20,7 +23,10 @@ def test_tuned_command_is_the_worker_command_with_only_queue_and_name_changed():
     expected = worker_argv("cpu", Settings(redis_url=ENV["REDIS_URL"], io_concurrency=500))
     got = tuned_argv("cpu", ENV, "bench", queue="io")
     changed = [(a, b) for a, b in zip(expected, got, strict=True) if a != b]
-    assert changed == [("--queues=cpu", "--queues=io"), ("--hostname=cpu@%h", "--hostname=bench@%h")]
+    assert changed == [
+        ("--queues=cpu", "--queues=io"),
+        ("--hostname=cpu@%h", "--hostname=bench@%h"),
+    ]
     assert "--concurrency=500" in tuned_argv("io", ENV, "io")
 
 
@@ -29,7 +35,13 @@ def test_untuned_command_carries_no_tuning():
     flags = [arg for arg in argv if arg.startswith("-") and arg != "-m"]
     assert flags[0] == "-A" and argv[argv.index("-A") + 1].endswith(".bench.untuned")
     assert sorted(flags[1:]) == sorted(
-        ["--pool=gevent", "--concurrency=500", "--queues=io", "--hostname=plain@%h", "--loglevel=INFO"]
+        [
+            "--pool=gevent",
+            "--concurrency=500",
+            "--queues=io",
+            "--hostname=plain@%h",
+            "--loglevel=INFO",
+        ]
     )
     assert untuned_argv("prefork", 2, "celery", "plain", events=True)[-1] == "-E"
 
@@ -47,7 +59,9 @@ def test_untuned_app_has_celery_defaults_and_the_same_tasks():
 
 
 def _job(started: float, finished: float) -> Job:
-    return Job("io", None, submitted=0.0, value={"started": started, "finished": finished, "pid": 1})
+    return Job(
+        "io", None, submitted=0.0, value={"started": started, "finished": finished, "pid": 1}
+    )
 
 
 def test_timings_come_from_the_tasks_own_stamps():

@@ -34,7 +34,8 @@ def untuned_argv(pool: str, concurrency: int, queue: str, name: str, events: boo
     ``-Q`` picks the queue the scenario fills, ``--loglevel=INFO`` gives the "ready." line the
     benchmark waits for (the tuned worker logs at INFO too), ``-E`` is what Flower switches on.
     """
-    argv = [sys.executable, "-m", "celery", "-A", "{{ cookiecutter.package }}.bench.untuned"]
+    app = "{{ cookiecutter.package }}.bench.untuned"
+    argv = [sys.executable, "-m", "celery", "-A", app]
     argv += ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--queues={queue}"]
     argv += [f"--hostname={name}@%h", "--loglevel=INFO"]
     return [*argv, "-E"] if events else argv

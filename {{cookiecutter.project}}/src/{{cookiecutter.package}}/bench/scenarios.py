@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from {{ cookiecutter.package }}.bench.commands import tuned_argv, untuned_argv
-from {{ cookiecutter.package }}.bench.runs import Bench, WorkerSpec, cores, latencies, percentile, run_batch
+from {{ cookiecutter.package }}.bench.commands import (
+    tuned_argv,
+    untuned_argv,
+)
+from {{ cookiecutter.package }}.bench.runs import (
+    Bench,
+    WorkerSpec,
+    cores,
+    latencies,
+    percentile,
+    run_batch,
+)
 from {{ cookiecutter.package }}.celery_app import CPU_QUEUE, IO_QUEUE
 from {{ cookiecutter.package }}.producer import Job
 from {{ cookiecutter.package }}.tasks import cpu, io
-
 
 
 @dataclass(frozen=True)

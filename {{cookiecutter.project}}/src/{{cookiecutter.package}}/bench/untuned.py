@@ -12,7 +12,9 @@ A separate module rather than an env switch in ``celery_app``: the shipped app h
 from celery import Celery
 
 from {{ cookiecutter.package }}.settings import get_settings
-from {{ cookiecutter.package }}.tasks import cpu, io  # noqa: F401 - registers the shared tasks
+from {{ cookiecutter.package }}.tasks import cpu, io
 
+# Imported for their side effect: shared tasks register on every app, this one too.
+TASK_MODULES = (cpu, io)
 _url = get_settings().broker_url
 app = Celery("{{ cookiecutter.package }}", broker=_url, backend=_url)
