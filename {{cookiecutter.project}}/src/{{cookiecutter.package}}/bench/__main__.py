@@ -1,6 +1,6 @@
 """Run the benchmark against real Redis and real workers started here as local processes.
 
-    python -m {{ cookiecutter.package }}.bench                 # full run (about 10 minutes on 2 cores)
+    python -m {{ cookiecutter.package }}.bench                 # full run (about 12 minutes on 2 cores)
     python -m {{ cookiecutter.package }}.bench --smoke         # tiny batches, for CI
     python -m {{ cookiecutter.package }}.bench --scenarios io,mixed
 
