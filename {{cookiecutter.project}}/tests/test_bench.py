@@ -50,7 +50,7 @@ def test_untuned_app_has_celery_defaults_and_the_same_tasks():
     from {{ cookiecutter.package }}.bench.untuned import app as plain
     from {{ cookiecutter.package }}.tasks import cpu, io
 
-    assert plain.conf.result_backend_thread_safe is False
+    assert plain.backend.thread_safe is False  # a backend per greenlet
     assert plain.conf.task_acks_late is False
     assert plain.conf.worker_prefetch_multiplier == 4
     plain.loader.import_default_modules()
