@@ -24,7 +24,7 @@ def test_every_task_is_explicitly_routed_to_its_module_queue():
 
 
 def test_routes_only_name_declared_queues():
-    declared = {q.name for q in app.conf.{{ cookiecutter.package }}s}
+    declared = {q.name for q in app.conf.task_queues}
     assert declared == {"cpu", "io"}
     assert {r["queue"] for r in TASK_ROUTES.values()} == declared
 

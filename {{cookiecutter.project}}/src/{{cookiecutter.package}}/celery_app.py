@@ -44,7 +44,7 @@ def make_app() -> Celery:
         result_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
-        {{ cookiecutter.package }}s=(Queue(CPU_QUEUE), Queue(IO_QUEUE)),
+        task_queues=(Queue(CPU_QUEUE), Queue(IO_QUEUE)),
         task_routes=TASK_ROUTES,
         # Anything unrouted lands on the prefork worker, which copes with any kind of work.
         task_default_queue=CPU_QUEUE,
