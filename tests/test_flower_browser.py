@@ -1,0 +1,209 @@
+"""Flower in a real browser: headless Debian Chromium logs in with the generated credentials and
+sees both workers of a running compose stack; the screenshot is the one the generated README shows.
+
+UPDATE_SCREENSHOT=1 also copies the new screenshot into the template (docs/flower.png).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from conftest import TEMPLATE, generate, run
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+SCREENSHOT = "docs/flower.png"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_env(path: Path) -> dict[str, str]:
+    pairs = (
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    return dict(pairs)
+
+
+class Stack:
+    """A generated project's compose stack, under a compose project name of its own."""
+
+    def __init__(self, path: Path, name: str):
+        self.path = path
+        self.name = name
+        self.env = read_env(path / ".env")
+        self.flower_url = f"http://127.0.0.1:{self.env['FLOWER_PORT']}"
+
+    def compose(
+        self, *args: str, check: bool = True, timeout: float = 600
+    ) -> subprocess.CompletedProcess:
+        return run(
+            ["docker", "compose", "-p", self.name, *args],
+            cwd=self.path,
+            check=check,
+            timeout=timeout,
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(require_docker, tmp_path_factory):
+    # Own minimal stack until main's shared `compose_stack` fixture is available. A project name
+    # of its own keeps its image tag and compose project apart from other tests' stacks, and a
+    # free port keeps Flower off any port already taken.
+    project = generate(
+        tmp_path_factory.mktemp("flower"),
+        project_name=f"Flower Browser {os.getpid()}",
+        flower_port=str(free_port()),
+    )
+    stack = Stack(project, project.name)
+    try:
+        stack.compose("up", "-d", "--build", "--wait", "--wait-timeout", "300", timeout=900)
+        yield stack
+    finally:
+        logs = stack.compose("logs", "--no-color", "--tail=50", check=False).stdout
+        print(logs[-5000:])
+        stack.compose("down", "-v", "--remove-orphans", check=False, timeout=300)
+        subprocess.run(
+            ["docker", "image", "rm", "-f", f"{project.name}:latest"], capture_output=True
+        )
+
+
+@pytest.fixture
+def browser(tmp_path):
+    for path in (CHROMIUM, CHROMEDRIVER):
+        assert Path(path).exists(), (
+            f"{path} missing: apt-get install chromium chromium-driver (.ci/setup does)"
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,720",
+    ):
+        options.add_argument(flag)
+    # An explicit driver path: Selenium Manager would try to download one.
+    driver = webdriver.Chrome(
+        options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    )
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def worker_names(driver) -> list[str]:
+    cells = driver.find_elements(By.CSS_SELECTOR, "table tbody tr td:first-child")
+    return [cell.text.strip() for cell in cells if cell.text.strip()]
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_flower_dashboard_lists_both_workers(stack, browser):
+    # Without credentials Flower refuses: basic auth is really on.
+    browser.get(stack.flower_url + "/")
+    assert "cpu@" not in browser.page_source
+    status = stack.compose("exec", "-T", "flower", "python", "-c", PROBE, check=False)
+    assert status.stdout.strip() == "401", status.stdout + status.stderr
+
+    # Log in with the credentials the generator wrote to .env.
+    token = base64.b64encode(
+        f"{stack.env['FLOWER_USER']}:{stack.env['FLOWER_PASSWORD']}".encode()
+    ).decode()
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd(
+        "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}}
+    )
+
+    def both_workers_listed(driver) -> list[str] | bool:
+        driver.get(stack.flower_url + "/workers")
+        names = worker_names(driver)
+        ready = any(n.startswith("cpu@") for n in names) and any(n.startswith("io@") for n in names)
+        return names if ready else False
+
+    try:
+        names = WebDriverWait(browser, 90, poll_frequency=2).until(both_workers_listed)
+    except TimeoutException:
+        pytest.fail(f"Flower never listed both workers; page:\n{browser.page_source[:3000]}")
+    assert len(names) == 2, names
+    assert "Flower" in browser.title
+    rows = browser.find_elements(By.CSS_SELECTOR, "table tbody tr")
+    assert all("Online" in row.text for row in rows), [row.text for row in rows]
+
+    # Some work through the stack, so the dashboard (and the screenshot) shows it counted.
+    stack.compose(
+        "run", "--rm", "producer", "--cpu", "4", "--io", "20", "--cpu-limit", "20000", timeout=300
+    )
+
+    def succeeded(driver) -> int | bool:
+        driver.get(stack.flower_url + "/workers")
+        card = re.search(r"Succeeded\s+(\d+)", driver.find_element(By.TAG_NAME, "body").text)
+        return card is not None and int(card.group(1)) >= 24
+
+    try:
+        WebDriverWait(browser, 60, poll_frequency=2).until(succeeded)
+    except TimeoutException:
+        body = browser.find_element(By.TAG_NAME, "body").text
+        pytest.fail(f"Flower never counted the 24 tasks; page text:\n{body}")
+
+    png = browser.get_screenshot_as_png()
+    width, height = png_size(png)
+    assert width == 1280 and height >= 400, (width, height)  # window minus headless chrome's frame
+    (stack.path / SCREENSHOT).write_bytes(png)
+    if os.environ.get("UPDATE_SCREENSHOT"):
+        (TEMPLATE / "{{cookiecutter.project}}" / SCREENSHOT).write_bytes(png)
+
+
+# Run inside the flower container: the status of an unauthenticated request.
+PROBE = """
+import urllib.error, urllib.request
+try:
+    print(urllib.request.urlopen("http://127.0.0.1:5555/workers").status)
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+"""
+
+
+def test_generated_readme_shows_the_screenshot(default_project):
+    shipped = default_project / SCREENSHOT
+    assert png_size(shipped.read_bytes())[0] >= 800
+    # Copied byte for byte, not rendered.
+    assert shipped.read_bytes() == (TEMPLATE / "{{cookiecutter.project}}" / SCREENSHOT).read_bytes()
+    assert (
+        f"![Flower dashboard listing the cpu and io workers]({SCREENSHOT})"
+        in (default_project / "README.md").read_text()
+    )
+
+
+def test_chromium_and_driver_match():
+    assert shutil.which("chromium") and shutil.which("chromedriver"), "run .ci/setup"
+    browser_major = run([CHROMIUM, "--version"], cwd=Path.cwd()).stdout.split()[1].split(".")[0]
+    driver_major = run([CHROMEDRIVER, "--version"], cwd=Path.cwd()).stdout.split()[1].split(".")[0]
+    assert browser_major == driver_major
