@@ -162,3 +162,25 @@ def test_pre_commit_passes_on_a_fresh_project_and_catches_a_bad_script(tmp_path)
     proc = run(pre_commit, cwd=project, env=env, timeout=600, check=False)
     assert proc.returncode == 1
     assert "SC2086" in proc.stdout, proc.stdout
+
+
+# --- README --------------------------------------------------------------------------------------
+
+
+def test_readme_documents_what_users_look_for(default_project):
+    readme = (default_project / "README.md").read_text()
+    mermaid = readme.split("```mermaid", 1)[1].split("```", 1)[0]
+    for node in ("producer", "queue cpu", "queue io", "worker-cpu", "worker-io", "Flower"):
+        assert node in mermaid, node
+    for heading in (
+        "## Everyday commands",
+        "### Choosing the numbers",
+        "### Scaling out",
+        "## Adding a task",
+        "## Troubleshooting",
+    ):
+        assert heading in readme, heading
+    assert "--scale worker-io=3" in readme
+    assert "`-P gevent`" in readme and "blocking I/O" in readme
+    for target in MAKE_TARGETS:
+        assert f"make {target}" in readme, target
