@@ -13,8 +13,21 @@ import sys
 
 # Names a package must not take: they would shadow the stack's own imports.
 RESERVED_PACKAGES = {
-    "celery", "kombu", "gevent", "flower", "redis", "requests", "rich", "pydantic",
-    "pydantic_settings", "watchfiles", "billiard", "vine", "tests", "test", "src",
+    "celery",
+    "kombu",
+    "gevent",
+    "flower",
+    "redis",
+    "requests",
+    "rich",
+    "pydantic",
+    "pydantic_settings",
+    "watchfiles",
+    "billiard",
+    "vine",
+    "tests",
+    "test",
+    "src",
 }
 CHOICES = {
     "python_version": ("3.11", "3.12", "3.13"),
@@ -39,7 +52,7 @@ def check_text(name: str, value: str, max_len: int) -> None:
     accepted = f"1 to {max_len} printable characters, without quotes or backslashes"
     if not value.strip() or len(value) > max_len or not value.isprintable():
         raise InvalidAnswer(name, value, accepted)
-    if any(c in value for c in "\"\\`{}"):
+    if any(c in value for c in '"\\`{}'):
         raise InvalidAnswer(name, value, accepted)
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +24,21 @@ DEFAULT_PACKAGE = "task_queue"
 def generate(output_dir: Path, **answers: str) -> Path:
     """Render the template with ``answers`` over the defaults; returns the project folder."""
     return Path(
-        cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(output_dir), extra_context=answers)
+        cookiecutter(
+            str(TEMPLATE), no_input=True, output_dir=str(output_dir), extra_context=answers
+        )
     )
 
 
-def run(cmd: list[str], cwd: Path, timeout: float = 600, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path, timeout: float = 600, check: bool = True, **kwargs
+) -> subprocess.CompletedProcess:
     """Run ``cmd``; on failure the assertion shows its output."""
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs)
     if check:
-        assert proc.returncode == 0, f"{' '.join(cmd)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        assert proc.returncode == 0, (
+            f"{' '.join(cmd)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -56,3 +68,89 @@ def require_docker():
 @pytest.fixture(scope="session")
 def default_project(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("default"))
+
+
+class Stack:
+    """A generated project running under docker compose, as a user runs it."""
+
+    def __init__(self, path: Path, name: str):
+        self.path = path
+        self.name = name  # compose project name: unique, so suites can run side by side
+
+    @property
+    def env(self) -> dict[str, str]:
+        lines = (self.path / ".env").read_text().splitlines()
+        return dict(
+            line.split("=", 1) for line in lines if "=" in line and not line.startswith("#")
+        )
+
+    @property
+    def package(self) -> str:
+        return next(p.name for p in (self.path / "src").iterdir() if p.is_dir())
+
+    @property
+    def flower_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['FLOWER_PORT']}"
+
+    def compose(
+        self, *args: str, check: bool = True, timeout: float = 600
+    ) -> subprocess.CompletedProcess:
+        return run(
+            ["docker", "compose", "-p", self.name, *args],
+            cwd=self.path,
+            check=check,
+            timeout=timeout,
+        )
+
+    def up(self, *args: str) -> float:
+        """``up -d --wait`` (plus ``args``); returns the seconds it took."""
+        started = time.monotonic()
+        self.compose("up", "-d", "--wait", *args, timeout=900)
+        return time.monotonic() - started
+
+    def services(self) -> list[dict]:
+        out = self.compose("ps", "--all", "--format", "json").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def flower(self, path: str, auth: bool = True) -> tuple[int, object]:
+        """GET a Flower URL; returns (status, parsed JSON or text)."""
+        request = urllib.request.Request(self.flower_url + path)
+        if auth:
+            token = base64.b64encode(
+                f"{self.env['FLOWER_USER']}:{self.env['FLOWER_PASSWORD']}".encode()
+            )
+            request.add_header("Authorization", "Basic " + token.decode())
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                body = response.read().decode()
+                status = response.status
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body
+
+    def workers(self) -> dict[str, dict]:
+        """Flower's view of the live workers (refreshed), by worker name."""
+        status, workers = self.flower("/api/workers?refresh=1")
+        assert status == 200, workers
+        return workers
+
+
+def start_stack(output_dir: Path, name: str, **answers: str) -> Stack:
+    stack = Stack(generate(output_dir, **answers), name)
+    stack.compose("down", "-v", "--remove-orphans", check=False)  # leftovers of an aborted run
+    started = time.monotonic()
+    stack.compose("build", timeout=1800)
+    built = time.monotonic() - started
+    print(f"\n[{name}] build {built:.1f} s, up --wait {stack.up():.1f} s")
+    return stack
+
+
+@pytest.fixture(scope="session")
+def compose_stack(require_docker, tmp_path_factory) -> Iterator[Stack]:
+    """The default project, built and running; shared by every suite that needs the stack."""
+    stack = start_stack(tmp_path_factory.mktemp("stack"), "e2e-default")
+    yield stack
+    stack.compose("down", "-v", "--timeout", "60", check=False)

@@ -21,7 +21,7 @@ from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import TEMPLATE, generate, run
+from conftest import TEMPLATE, run, start_stack
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -34,56 +34,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def read_env(path: Path) -> dict[str, str]:
-    pairs = (
-        line.split("=", 1)
-        for line in path.read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
-    return dict(pairs)
-
-
-class Stack:
-    """A generated project's compose stack, under a compose project name of its own."""
-
-    def __init__(self, path: Path, name: str):
-        self.path = path
-        self.name = name
-        self.env = read_env(path / ".env")
-        self.flower_url = f"http://127.0.0.1:{self.env['FLOWER_PORT']}"
-
-    def compose(
-        self, *args: str, check: bool = True, timeout: float = 600
-    ) -> subprocess.CompletedProcess:
-        return run(
-            ["docker", "compose", "-p", self.name, *args],
-            cwd=self.path,
-            check=check,
-            timeout=timeout,
-        )
-
-
 @pytest.fixture(scope="module")
 def stack(require_docker, tmp_path_factory):
-    # Own minimal stack until main's shared `compose_stack` fixture is available. A project name
-    # of its own keeps its image tag and compose project apart from other tests' stacks, and a
-    # free port keeps Flower off any port already taken.
-    project = generate(
-        tmp_path_factory.mktemp("flower"),
-        project_name=f"Flower Browser {os.getpid()}",
-        flower_port=str(free_port()),
-    )
-    stack = Stack(project, project.name)
+    # Not the shared `compose_stack`: test_compose_e2e's last test brings that one down, and its
+    # fixed Flower port would clash with a stack another suite runs at the same time. A project
+    # name of its own (image tag, compose project) and a free port keep this one apart.
+    name = f"flower-browser-{os.getpid()}"
+    out = tmp_path_factory.mktemp("flower")
     try:
-        stack.compose("up", "-d", "--build", "--wait", "--wait-timeout", "300", timeout=900)
-        yield stack
+        yield start_stack(out, name, project_name=name, flower_port=str(free_port()))
     finally:
-        logs = stack.compose("logs", "--no-color", "--tail=50", check=False).stdout
-        print(logs[-5000:])
-        stack.compose("down", "-v", "--remove-orphans", check=False, timeout=300)
-        subprocess.run(
-            ["docker", "image", "rm", "-f", f"{project.name}:latest"], capture_output=True
-        )
+        if (out / name).exists():  # also after a failed start
+            down = ["docker", "compose", "-p", name, "down", "-v", "--remove-orphans"]
+            run(down, cwd=out / name, check=False, timeout=300)
+        subprocess.run(["docker", "image", "rm", "-f", f"{name}:latest"], capture_output=True)
 
 
 @pytest.fixture

@@ -6,12 +6,17 @@ import os
 import re
 
 import pytest
-
 from conftest import generate, run
 
 CASES = {
     "default": {},
-    "solo-threads": {"cpu_pool": "solo", "io_pool": "threads", "python_version": "3.12", "io_concurrency": "300"},
+    "solo-threads": {
+        "project_name": "Beta Jobs",
+        "cpu_pool": "solo",
+        "io_pool": "threads",
+        "python_version": "3.12",
+        "io_concurrency": "300",
+    },
 }
 
 
@@ -21,7 +26,12 @@ def test_generated_project_tests_pass(tmp_path, case):
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "TEST_REDIS_URL")}
     run(["uv", "sync", "--locked", "--quiet"], cwd=project, env=env, timeout=600)
     # Through the Makefile, as a user would: proves `make test` really runs the suite.
-    proc = run(["make", "test", "ARGS=-q -s -p no:cacheprovider"], cwd=project, env=env, timeout=900)
+    proc = run(
+        ["make", "test", "ARGS=-q -s -p no:cacheprovider"],
+        cwd=project,
+        env=env,
+        timeout=900,
+    )
     summary = proc.stdout.strip().splitlines()[-1]
     print(f"{case}: {summary}")
     passed = int(re.search(r"(\d+) passed", summary).group(1))

@@ -12,13 +12,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import generate, run
 
 CASES = {
     "default": {},
     "solo-threads-py312": {"cpu_pool": "solo", "io_pool": "threads", "python_version": "3.12"},
-    "prefork-threads-py311": {"io_pool": "threads", "python_version": "3.11", "github_actions": "no"},
+    "prefork-threads-py311": {
+        "io_pool": "threads",
+        "python_version": "3.11",
+        "github_actions": "no",
+    },
     "solo-gevent-numbers": {
         "cpu_pool": "solo",
         "cpu_concurrency": "4",
@@ -92,7 +95,9 @@ def test_yaml_files_parse(project):
 
 
 def test_compose_config_is_valid(project, require_docker):
-    out = run(["docker", "compose", "--profile", "tools", "config", "--format", "json"], cwd=project).stdout
+    out = run(
+        ["docker", "compose", "--profile", "tools", "config", "--format", "json"], cwd=project
+    ).stdout
     import json
 
     config = json.loads(out)
@@ -107,7 +112,10 @@ def test_compose_config_is_valid(project, require_docker):
 
 
 def test_dev_override_is_valid(project, require_docker):
-    run(["docker", "compose", "-f", "compose.yaml", "-f", "compose.dev.yaml", "config", "-q"], cwd=project)
+    run(
+        ["docker", "compose", "-f", "compose.yaml", "-f", "compose.dev.yaml", "config", "-q"],
+        cwd=project,
+    )
 
 
 def test_env_and_secrets_are_ignored(project):

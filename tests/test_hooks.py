@@ -8,9 +8,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from cookiecutter.exceptions import FailedHookException
-
 from conftest import TEMPLATE, generate
+from cookiecutter.exceptions import FailedHookException
 
 
 def load_hook(name: str):

@@ -23,6 +23,13 @@ def test_every_task_is_explicitly_routed_to_its_module_queue():
         assert route["queue"].name == expected, name
 
 
+def test_each_queue_has_its_own_exchange_and_key():
+    for queue in app.conf.task_queues:
+        assert (queue.exchange.name, queue.routing_key) == (queue.name, queue.name)
+    route = app.amqp.router.route({}, PACKAGE + ".tasks.io.fetch")
+    assert (route["queue"].exchange.name, route["queue"].routing_key) == ("io", "io")
+
+
 def test_routes_only_name_declared_queues():
     declared = {q.name for q in app.conf.task_queues}
     assert declared == {"cpu", "io"}

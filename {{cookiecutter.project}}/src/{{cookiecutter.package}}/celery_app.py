@@ -9,7 +9,7 @@ import os
 
 from celery import Celery, bootsteps, signals
 from celery.concurrency import get_implementation
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from {{ cookiecutter.package }}.settings import get_settings
 
@@ -44,7 +44,12 @@ def make_app() -> Celery:
         result_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
-        task_queues=(Queue(CPU_QUEUE), Queue(IO_QUEUE)),
+        # One direct exchange per queue: left implicit, both queues would bind to the
+        # default exchange with the default queue's routing key.
+        task_queues=(
+            Queue(CPU_QUEUE, Exchange(CPU_QUEUE), routing_key=CPU_QUEUE),
+            Queue(IO_QUEUE, Exchange(IO_QUEUE), routing_key=IO_QUEUE),
+        ),
         task_routes=TASK_ROUTES,
         # Anything unrouted lands on the prefork worker, which copes with any kind of work.
         task_default_queue=CPU_QUEUE,

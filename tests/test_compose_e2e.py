@@ -1,0 +1,248 @@
+"""`docker compose up` for real: the generated stack on a real Docker engine, end to end.
+
+Runs for the default options and for one non-default set (solo + threads, another Python,
+another Flower port). Tests within a stack run in file order; the last one stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from conftest import Stack, start_stack
+
+ALT_ANSWERS = {
+    "project_name": "Beta Jobs",
+    "python_version": "3.12",
+    "cpu_pool": "solo",
+    "io_pool": "threads",
+    "io_concurrency": "300",
+    "flower_port": "15555",
+}
+EXPECTED = {
+    "default": {"cpu_pool": "prefork", "io_pool": "gevent", "io_concurrency": 200},
+    "alt": {"cpu_pool": "solo", "io_pool": "threads", "io_concurrency": 300},
+}
+PYTHON_SERVICES = ("demo-api", "worker-cpu", "worker-io", "flower")
+SERVICES = ("redis", *PYTHON_SERVICES)
+
+
+@pytest.fixture(scope="module")
+def alt_stack(require_docker, tmp_path_factory):
+    stack = start_stack(tmp_path_factory.mktemp("alt"), "e2e-alt", **ALT_ANSWERS)
+    yield stack
+    stack.compose("down", "-v", "--timeout", "60", check=False)
+
+
+@pytest.fixture(scope="module", params=["default", "alt"])
+def stack(request) -> tuple[str, Stack]:
+    fixture = "compose_stack" if request.param == "default" else "alt_stack"
+    return request.param, request.getfixturevalue(fixture)
+
+
+def pool_of(worker: dict) -> str:
+    # e.g. celery.concurrency.gevent:TaskPool -> gevent; ...thread:TaskPool -> threads
+    name = worker["stats"]["pool"]["implementation"].split(":")[0].rsplit(".", 1)[-1]
+    return {"thread": "threads"}.get(name, name)
+
+
+def test_every_service_is_healthy(stack):
+    _, s = stack
+    states = {svc["Service"]: (svc["State"], svc["Health"]) for svc in s.services()}
+    assert {name: states.get(name) for name in SERVICES} == dict.fromkeys(
+        SERVICES, ("running", "healthy")
+    )
+
+
+def test_producer_routes_each_task_to_its_pool(stack):
+    case, s = stack
+    proc = s.compose("run", "--rm", "producer", "--cpu", "20", "--io", "200", "--json", timeout=600)
+    summary = json.loads(proc.stdout)
+    cpu, io = summary["queues"]["cpu"], summary["queues"]["io"]
+    print(
+        f"[{case}] producer: cpu makespan {cpu['makespan_s']} s, io makespan {io['makespan_s']} s, io peak {io['peak_in_flight']}"
+    )
+    assert summary["ok"] and summary["succeeded"] == 220
+    assert cpu["pools"] == {EXPECTED[case]["cpu_pool"]: 20}
+    assert io["pools"] == {EXPECTED[case]["io_pool"]: 200}
+    assert all(name.startswith("cpu@") for name in cpu["workers"])
+    assert all(name.startswith("io@") for name in io["workers"])
+
+
+def test_flower_health_and_auth(stack):
+    case, s = stack
+    assert s.flower("/healthcheck", auth=False) == (200, "OK")
+    status, _ = s.flower("/api/workers", auth=False)
+    assert status == 401
+    workers = s.workers()
+    seen = {
+        name.split("@")[0]: (pool_of(w), [q["name"] for q in w["active_queues"]])
+        for name, w in workers.items()
+    }
+    assert seen == {
+        "cpu": (EXPECTED[case]["cpu_pool"], ["cpu"]),
+        "io": (EXPECTED[case]["io_pool"], ["io"]),
+    }
+
+
+def test_containers_do_not_run_as_root(stack):
+    _, s = stack
+    for service in SERVICES:
+        uid = s.compose("exec", "-T", service, "id", "-u").stdout.strip()
+        assert uid != "0", f"{service} runs as root"
+
+
+def test_redis_refuses_commands_without_the_password(stack):
+    _, s = stack
+    denied = s.compose(
+        "exec", "-T", "redis", "env", "-u", "REDISCLI_AUTH", "redis-cli", "ping", check=False
+    )
+    assert "NOAUTH" in denied.stdout + denied.stderr
+    allowed = s.compose("exec", "-T", "redis", "redis-cli", "ping")
+    assert allowed.stdout.strip() == "PONG"
+
+
+def test_only_flower_is_published_on_loopback(stack):
+    _, s = stack
+    published = {
+        svc["Service"]: [
+            (p["URL"], p["PublishedPort"])
+            for p in svc.get("Publishers") or []
+            if p["PublishedPort"]
+        ]
+        for svc in s.services()
+    }
+    assert published == {
+        "redis": [],
+        "demo-api": [],
+        "worker-cpu": [],
+        "worker-io": [],
+        "flower": [("127.0.0.1", int(s.env["FLOWER_PORT"]))],
+    }
+
+
+def test_scaled_io_workers_all_take_work(stack):
+    case, s = stack
+    s.up("--scale", "worker-io=3")
+    try:
+        proc = s.compose(
+            "run", "--rm", "producer", "--cpu", "0", "--io", "900", "--io-delay", "0.3", "--json"
+        )
+        io = json.loads(proc.stdout)["queues"]["io"]
+        print(f"[{case}] 3 io workers: {io['workers']}")
+        assert io["succeeded"] == 900
+        assert len(io["workers"]) == 3 and all(n > 0 for n in io["workers"].values())
+    finally:
+        s.up("--scale", "worker-io=1")
+
+
+def set_env(s: Stack, **values: str) -> None:
+    text = (s.path / ".env").read_text()
+    for key, value in values.items():
+        text, count = re.subn(rf"(?m)^{key}=.*$", f"{key}={value}", text)
+        assert count == 1, key
+    (s.path / ".env").write_text(text)
+
+
+def test_concurrency_follows_env(stack):
+    case, s = stack
+    original = {k: s.env[k] for k in ("IO_CONCURRENCY", "CPU_CONCURRENCY")}
+    set_env(s, IO_CONCURRENCY="37", CPU_CONCURRENCY="3")
+    try:
+        s.up()
+        sizes = {
+            name.split("@")[0]: w["stats"]["pool"]["max-concurrency"]
+            for name, w in s.workers().items()
+        }
+        # solo runs one task at a time whatever CPU_CONCURRENCY says
+        assert sizes == {"cpu": 1 if case == "alt" else 3, "io": 37}
+    finally:
+        set_env(s, **original)
+        s.up()
+    sizes = {
+        name.split("@")[0]: w["stats"]["pool"]["max-concurrency"] for name, w in s.workers().items()
+    }
+    assert sizes["io"] == EXPECTED[case]["io_concurrency"]
+
+
+NOOP_CALL = "from {pkg}.tasks import io; print(io.noop.delay().get(timeout=30))"
+
+
+def test_dev_mode_reloads_code_and_keeps_gevent(stack):
+    case, s = stack
+    if case != "default":
+        return  # the dev override is the same file for every option set; gevent is the default's
+    dev = ("-f", "compose.yaml", "-f", "compose.dev.yaml")
+    s.compose(*dev, "up", "-d", "--wait", timeout=600)
+    source = s.path / "src" / s.package / "tasks" / "io.py"
+    original = source.read_text()
+    call = ["exec", "-T", "worker-io", "python", "-c", NOOP_CALL.format(pkg=s.package)]
+    try:
+        assert "reloaded" not in s.compose(*call).stdout
+        source.write_text(
+            original.replace(
+                "    return run_info(self, time.time(), time.process_time())\n",
+                '    return {"reloaded": True, **run_info(self, time.time(), time.process_time())}\n',
+            )
+        )
+        assert "reloaded" in source.read_text()
+        started, reply = time.monotonic(), ""
+        while time.monotonic() - started < 60 and "'reloaded': True" not in reply:
+            time.sleep(1)
+            reply = s.compose(*call, check=False).stdout
+        print(
+            f"[dev] new return value after {time.monotonic() - started:.1f} s: {reply.strip()[:80]}"
+        )
+        assert "'reloaded': True" in reply and "'pool': 'gevent'" in reply
+    finally:
+        source.write_text(original)
+        s.up()  # back to the plain compose file
+
+
+def test_down_stops_within_grace_period_without_sigkill(stack):
+    case, s = stack
+    since = int(time.time()) - 1
+    started = time.monotonic()
+    s.compose("down", "-v", timeout=300)
+    took = time.monotonic() - started
+    events = json_lines(run_docker_events(s.name, since))
+    kills = [e for e in events if e.get("Action") == "kill"]
+    signals = sorted(
+        {
+            (
+                e["Actor"]["Attributes"]["com.docker.compose.service"],
+                e["Actor"]["Attributes"]["signal"],
+            )
+            for e in kills
+        }
+    )
+    print(f"[{case}] down -v took {took:.1f} s; signals sent: {signals}")
+    assert signals, "no kill events recorded: the check would prove nothing"
+    assert all(sig != "9" for _, sig in signals), signals
+    assert took < 60  # below the smallest stop_grace_period of the workers
+    if case == "default":
+        s.up()  # other suites share this stack
+
+
+def run_docker_events(project: str, since: int) -> str:
+    from conftest import run
+
+    cmd = [
+        "docker",
+        "events",
+        "--since",
+        str(since),
+        "--until",
+        str(int(time.time()) + 1),
+        "--filter",
+        f"label=com.docker.compose.project={project}",
+        "--format",
+        "{{json .}}",
+    ]
+    return run(cmd, cwd=None, timeout=60).stdout
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
