@@ -16,12 +16,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import TEMPLATE, run, start_stack
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-
-from conftest import TEMPLATE, run, start_stack
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
