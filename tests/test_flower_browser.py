@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import TEMPLATE, run, start_stack
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -79,9 +79,10 @@ def browser(tmp_path):
     driver.quit()
 
 
-def worker_names(driver) -> list[str]:
-    cells = driver.find_elements(By.CSS_SELECTOR, "table tbody tr td:first-child")
-    return [cell.text.strip() for cell in cells if cell.text.strip()]
+def worker_rows(driver) -> list[str]:
+    # Read in one go: Flower's table re-renders itself, which leaves element handles stale.
+    script = "return [...document.querySelectorAll('table tbody tr')].map(r => r.innerText)"
+    return [row.strip() for row in driver.execute_script(script) if row.strip()]
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -107,18 +108,17 @@ def test_flower_dashboard_lists_both_workers(stack, browser):
 
     def both_workers_listed(driver) -> list[str] | bool:
         driver.get(stack.flower_url + "/workers")
-        names = worker_names(driver)
+        rows = worker_rows(driver)
+        names = [row.split()[0] for row in rows]
         ready = any(n.startswith("cpu@") for n in names) and any(n.startswith("io@") for n in names)
-        return names if ready else False
+        return rows if ready and all("Online" in row for row in rows) else False
 
     try:
-        names = WebDriverWait(browser, 90, poll_frequency=2).until(both_workers_listed)
+        rows = WebDriverWait(browser, 90, poll_frequency=2).until(both_workers_listed)
     except TimeoutException:
-        pytest.fail(f"Flower never listed both workers; page:\n{browser.page_source[:3000]}")
-    assert len(names) == 2, names
+        pytest.fail(f"Flower never listed both workers online; rows: {worker_rows(browser)}")
+    assert len(rows) == 2, rows
     assert "Flower" in browser.title
-    rows = browser.find_elements(By.CSS_SELECTOR, "table tbody tr")
-    assert all("Online" in row.text for row in rows), [row.text for row in rows]
 
     # Some work through the stack, so the dashboard (and the screenshot) shows it counted.
     stack.compose(
@@ -131,7 +131,9 @@ def test_flower_dashboard_lists_both_workers(stack, browser):
         return card is not None and int(card.group(1)) >= 24
 
     try:
-        WebDriverWait(browser, 60, poll_frequency=2).until(succeeded)
+        WebDriverWait(
+            browser, 60, poll_frequency=2, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(succeeded)
     except TimeoutException:
         body = browser.find_element(By.TAG_NAME, "body").text
         pytest.fail(f"Flower never counted the 24 tasks; page text:\n{body}")
