@@ -103,8 +103,11 @@ def test_compose_config_is_valid(project, require_docker):
     config = json.loads(out)
     services = config["services"]
     assert {"redis", "worker-cpu", "worker-io", "flower", "producer"} <= set(services)
-    assert services["worker-cpu"]["command"][-1] == "cpu"
-    assert services["worker-io"]["command"][-1] == "io"
+    package = next(p.name for p in (project / "src").iterdir())
+    # The very command the generated tests start workers with (tests/conftest.py there).
+    for kind in ("cpu", "io"):
+        assert services[f"worker-{kind}"]["command"] == ["python", "-m", f"{package}.worker", kind]
+        assert f'"{package}.worker"' in (project / "tests" / "conftest.py").read_text()
     for name, service in services.items():
         for port in service.get("ports", []):
             assert port["host_ip"] == "127.0.0.1", (name, port)
