@@ -10,7 +10,6 @@ import base64
 import os
 import re
 import shutil
-import socket
 import struct
 import subprocess
 from pathlib import Path
@@ -27,26 +26,19 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 SCREENSHOT = "docs/flower.png"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def stack(require_docker, tmp_path_factory):
-    # Not the shared `compose_stack`: test_compose_e2e's last test brings that one down, and its
-    # fixed Flower port would clash with a stack another suite runs at the same time. A project
-    # name of its own (image tag, compose project) and a free port keep this one apart.
-    name = f"flower-browser-{os.getpid()}"
+    # Not the shared `compose_stack`: test_compose_e2e's last test brings that one down.
+    # start_stack gives this one its own compose project name, image tag and Flower port.
+    name = f"flower-browser-{os.getpid()}"  # what start_stack makes of "flower-browser"
     out = tmp_path_factory.mktemp("flower")
     try:
-        yield start_stack(out, name, project_name=name, flower_port=str(free_port()))
+        yield start_stack(out, "flower-browser")
     finally:
-        if (out / name).exists():  # also after a failed start
+        if (out / "task-queue").exists():  # also after a failed start
             down = ["docker", "compose", "-p", name, "down", "-v", "--remove-orphans"]
-            run(down, cwd=out / name, check=False, timeout=300)
-        subprocess.run(["docker", "image", "rm", "-f", f"{name}:latest"], capture_output=True)
+            run(down, cwd=out / "task-queue", check=False, timeout=300)
+        subprocess.run(["docker", "image", "rm", "-f", f"task-queue:{name}"], capture_output=True)
 
 
 @pytest.fixture
