@@ -79,7 +79,9 @@ def test_io_worker_runs_hundreds_of_calls_at_once(run_producer):
         f"200 x 0.5 s I/O tasks: peak {io['peak_in_flight']} in flight, makespan {io['makespan_s']} s"
     )
     assert io["succeeded"] == 200
-    assert io["peak_in_flight"] >= 150
+    # Publishing and finishing overlap, so the peak stays below 200; a pool of 2 would show 2.
+    # 100 leaves room for a loaded machine (129 was the lowest seen with other stacks running).
+    assert io["peak_in_flight"] >= 100
     # Loose on purpose (shared CI machines), yet 10x below the 50 s a pool of 2 needs.
     assert io["makespan_s"] < 5
 
