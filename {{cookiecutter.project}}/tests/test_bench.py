@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from {{ cookiecutter.package }}.bench.commands import (
     untuned_argv,
 )
 from {{ cookiecutter.package }}.bench.runs import task_timings
+from {{ cookiecutter.package }}.celery_app import CPU_CHILD_NICE
 from {{ cookiecutter.package }}.producer import Job
 from {{ cookiecutter.package }}.settings import Settings
 from {{ cookiecutter.package }}.worker import worker_argv
@@ -92,3 +94,16 @@ def test_bad_scenario_list_is_refused(arg):
     with pytest.raises(SystemExit) as error:
         parse_args([arg])
     assert error.value.code == 2
+
+
+def _nice(pid: int) -> int:
+    # Field 19 of /proc/<pid>/stat; the 17th after the command name's ")".
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_only_the_cpu_workers_children_run_at_lower_priority(workers):
+    cpu_tree = procs.process_tree(workers["cpu"].proc.pid)
+    base = _nice(cpu_tree[0])
+    # prefork: children niced; solo: no children, nothing niced.
+    assert [_nice(pid) - base for pid in cpu_tree[1:]] == [CPU_CHILD_NICE] * (len(cpu_tree) - 1)
+    assert {_nice(pid) for pid in procs.process_tree(workers["io"].proc.pid)} == {base}
