@@ -35,7 +35,9 @@ class Bench:
     base_env: dict[str, str] = field(default_factory=dict)
 
     def env(self, **overrides: object) -> dict[str, str]:
-        return {**self.base_env, **{key: str(value) for key, value in overrides.items()}}
+        merged = dict(self.base_env)
+        merged.update((key, str(value)) for key, value in overrides.items())
+        return merged
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
