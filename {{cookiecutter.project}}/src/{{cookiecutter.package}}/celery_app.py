@@ -123,10 +123,11 @@ def _record_pool(sender=None, **kwargs):
     RUNTIME["pool"] = {"thread": "threads"}.get(name, name)
 
 
-# Niceness of prefork children (CPU-bound tasks). Saturating every core, they delayed the io
-# worker sharing the machine: I/O p99 during a CPU flood went from 1.46 s to 0.73 s for 0.5 s
-# calls, the CPU batch's makespan unchanged (benchmark, mixed scenario). Across containers the
-# kernel weighs cgroups, not niceness: give compose services cpu_shares for the same effect.
+# Niceness of the processes running CPU-bound tasks (prefork children; a solo worker itself).
+# Saturating every core, they delayed the io worker sharing the machine: I/O p99 during a CPU
+# flood went from 1.46 s to 0.73 s for 0.5 s calls, the CPU batch's makespan unchanged
+# (benchmark, mixed scenario). Across containers the kernel weighs cgroups, not niceness:
+# give compose services cpu_shares for the same effect.
 CPU_CHILD_NICE = 10
 
 
