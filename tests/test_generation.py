@@ -112,6 +112,8 @@ def test_compose_config_is_valid(project, require_docker):
         for port in service.get("ports", []):
             assert port["host_ip"] == "127.0.0.1", (name, port)
     assert "ports" not in services["redis"]
+    # CPU batches yield to latency-bound services when cores are scarce.
+    assert services["worker-cpu"]["cpu_shares"] < services["worker-io"].get("cpu_shares", 1024)
 
 
 def test_dev_override_is_valid(project, require_docker):
