@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from collections import Counter
 
@@ -26,6 +27,7 @@ FAULT_ENV = {
     "TASK_TIME_LIMIT": "30",
     "VISIBILITY_TIMEOUT": "60",
     "CPU_STOP_GRACE_PERIOD": "30s",
+    "CPU_SOFT_SHUTDOWN_TIMEOUT": "10",
 }
 
 ROWS: list[str] = []
@@ -72,6 +74,36 @@ if cmd == "submit":
                 args, task_id=task_id, producer=producer, retry=True, retry_policy=PUBLISH_RETRY
             )
     print(json.dumps({{"sent": n, "seconds": time.monotonic() - started}}))
+elif cmd == "raw":
+    # Hand-made messages in kombu's Redis format (a JSON envelope, body base64-encoded).
+    import base64, os, pickle, uuid
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("touch /tmp/pwned",))
+
+    bodies = {{
+        "pickle": ("application/x-python-serialize", pickle.dumps(((Exploit(),), {{}}, {{}}))),
+        "badjson": ("application/json", b"{{not json"),
+    }}
+    client = app.backend.client
+    for queue in ("cpu", "io"):
+        for kind, (ctype, body) in bodies.items():
+            task_id = f"{{tag}}-{{queue}}-{{kind}}"
+            client.lpush(queue, json.dumps({{
+                "body": base64.b64encode(body).decode(),
+                "content-encoding": "binary",
+                "content-type": ctype,
+                "headers": {{"lang": "py", "task": f"{{app.main}}.tasks.{{queue}}.noop",
+                             "id": task_id, "root_id": task_id, "argsrepr": "()"}},
+                "properties": {{
+                    "correlation_id": task_id, "delivery_mode": 2, "priority": 0,
+                    "delivery_info": {{"exchange": queue, "routing_key": queue}},
+                    "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+                }},
+            }}))
+        client.lpush(queue, "this is not JSON at all")
+    print(json.dumps({{"pushed": 6}}))
 elif cmd == "wait":
     n, timeout = int(sys.argv[3]), float(sys.argv[4])
     deadline = time.monotonic() + timeout
@@ -110,7 +142,8 @@ class Faults:
         return self.tool_run("wait", tag, str(n), str(timeout), timeout=timeout + 120)
 
     def logs(self, service: str) -> str:
-        return self.stack.compose("logs", "--no-color", "--no-log-prefix", service).stdout
+        text = self.stack.compose("logs", "--no-color", "--no-log-prefix", service).stdout
+        return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)  # compose prefixes erase-line codes
 
     def log_counts(self, service: str, tag: str) -> tuple[Counter, Counter]:
         """Per task id of ``tag``: how often it was received, how often it succeeded."""
@@ -224,7 +257,7 @@ def faults(require_docker, tmp_path_factory):
 
 def test_kill_prefork_children_mid_batch(faults):
     tag, n = "kill-children", 24
-    faults.submit(tag, "cpu.count_primes", n, [1_500_000])
+    faults.submit(tag, "cpu.count_primes", n, [600_000])
     faults.wait_for_received("worker-cpu", tag, 2)
     time.sleep(1)
     main = faults.main_pid("worker-cpu", "celery")
@@ -234,3 +267,126 @@ def test_kill_prefork_children_mid_batch(faults):
     faults.report("kill -9 prefork children (cpu)", "worker-cpu", tag, n, timeout=300)
     after = [p for p, (pp, _) in faults.pids("worker-cpu").items() if pp == main]
     assert after and not set(after) & set(children), "the children were not replaced"
+
+
+def test_kill_whole_worker_containers_mid_batch(faults):
+    """SIGKILL of each worker's main process: the container dies (as under the OOM killer)
+    and its restart policy brings it back; tasks it held return after VISIBILITY_TIMEOUT."""
+    batches = {
+        "worker-cpu": ("kill-cpu-container", "cpu.count_primes", 20, [600_000]),
+        "worker-io": ("kill-io-container", "io.wait_on_api", 600, [2]),
+    }
+    before = {}
+    for tag, task, n, args in batches.values():
+        faults.submit(tag, task, n, args)
+    for service, (tag, *_rest) in batches.items():
+        faults.wait_for_received(service, tag, 2)
+        before[service] = faults.container(service)
+        faults.kill(service, faults.main_pid(service, "celery"))
+    for service in batches:
+        after = faults.wait_healthy(service)
+        # Proof the kill happened: the same container was started again by Docker.
+        assert after["RestartCount"] == before[service]["RestartCount"] + 1
+        assert after["State"]["StartedAt"] != before[service]["State"]["StartedAt"]
+    for service, (tag, _, n, _) in batches.items():
+        faults.report(f"kill -9 whole {service} container", service, tag, n, timeout=300)
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def test_bad_env_value_stops_worker_containers_with_one_line(faults):
+    s = faults.stack
+    bad = {"worker-cpu": ("CPU_CONCURRENCY", "0"), "worker-io": ("IO_CONCURRENCY", "abc")}
+    set_env(s, **dict(bad.values()))
+    expected = {svc: f"settings error: {k}={v!r} is invalid" for svc, (k, v) in bad.items()}
+    try:
+        s.compose("up", "-d", *bad)
+        deadline = time.monotonic() + 120
+        logs = {}
+        while time.monotonic() < deadline:
+            logs = {svc: faults.logs(svc) for svc in bad}
+            codes = {svc: faults.container(svc)["State"]["ExitCode"] for svc in bad}
+            if all(expected[svc] in text for svc, text in logs.items()) and set(codes.values()) == {
+                2
+            }:
+                break
+            time.sleep(1)
+        for svc, text in logs.items():
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            print(f"[{svc}] {lines[-1] if lines else '(no log)'}")
+            # Only the one line (repeated by the restart policy): no traceback, no connection.
+            assert lines and all(ln.startswith(expected[svc]) for ln in lines), lines[-5:]
+            assert "accepted:" in lines[-1]
+            assert codes[svc] == 2  # settings' exit status, seen between restarts
+    finally:
+        set_env(s, CPU_CONCURRENCY="auto", IO_CONCURRENCY="200")
+        s.up()
+
+
+def test_non_json_and_pickled_messages_are_rejected_and_workers_keep_serving(faults):
+    tag = "raw"
+    faults.tool_run("raw", tag)
+    time.sleep(3)
+    for queue, service in (("cpu", "worker-cpu"), ("io", "worker-io")):
+        batch = f"after-raw-{queue}"
+        faults.submit(batch, f"{queue}.noop", 20, [])
+        faults.report(f"after raw bad messages ({queue})", service, batch, 20, timeout=120)
+        logs = faults.logs(service)
+        refused = [
+            ln for ln in logs.splitlines() if "pickle" in ln.lower() or "decode" in ln.lower()
+        ]
+        print(f"[{service}] " + "\n  ".join(refused[:6]))
+        assert re.search(r"untrusted content of type pickle", logs), "pickle not refused"
+        # The exploit would have created this file had the worker unpickled the body.
+        probe = faults.stack.compose("exec", "-T", service, "test", "-e", "/tmp/pwned", check=False)
+        assert probe.returncode == 1, "the pickled payload ran"
+    state = faults.tool_run("wait", tag, "0", "0")
+    assert state["queued"] == {"cpu": 0, "io": 0}, "bad messages are stuck in a queue"
+
+
+# --- security -------------------------------------------------------------------------------
+
+
+def test_no_secret_from_env_in_the_image(faults):
+    s = faults.stack
+    secrets = [s.env["REDIS_PASSWORD"], s.env["FLOWER_PASSWORD"]]
+    assert all(len(x) >= 20 for x in secrets)
+    image = f"{s.path.name}:latest"
+    history = run(["docker", "history", "--no-trunc", image], cwd=None).stdout
+    inspect = run(["docker", "image", "inspect", image], cwd=None).stdout
+    assert "home/app" in inspect  # the right image was inspected
+    for secret in secrets:
+        assert secret not in history and secret not in inspect
+
+    def scan(patterns: list[str]) -> subprocess.CompletedProcess:
+        # Patterns come on stdin, so they are in no file and no command line of the scan.
+        return subprocess.run(
+            ["docker", "run", "--rm", "-i", "--user", "0", "--network", "none",
+             "--entrypoint", "grep", image, "-rlF", "-f", "-", "/",
+             "--exclude-dir=proc", "--exclude-dir=sys", "--exclude-dir=dev"],
+            input="\n".join(patterns) + "\n", capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    control = scan(["worker_soft_shutdown_timeout"])
+    assert control.returncode == 0 and "worker.py" in control.stdout, "the scan finds nothing"
+    found = scan(secrets)
+    assert found.returncode == 1, f"secret found in image files: {found.stdout}"
+
+
+def test_stack_refuses_anonymous_access_runs_as_non_root_on_loopback(faults):
+    s = faults.stack
+    assert s.flower("/api/workers", auth=False)[0] == 401
+    denied = s.compose(
+        "exec", "-T", "redis", "env", "-u", "REDISCLI_AUTH", "redis-cli", "ping", check=False
+    )
+    assert "NOAUTH" in denied.stdout + denied.stderr
+    for svc in s.services():
+        uid = s.compose("exec", "-T", svc["Service"], "id", "-u").stdout.strip()
+        assert uid != "0", f"{svc['Service']} runs as root"
+        for port in svc.get("Publishers") or []:
+            if port["PublishedPort"]:
+                assert port["URL"] == "127.0.0.1", port
+    # After the kills above, the restarted containers still run as the image's user.
+    sent = faults.tool_run("wait", "none", "0", "0")
+    assert sent["queued"] == {"cpu": 0, "io": 0}
