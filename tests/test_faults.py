@@ -135,6 +135,13 @@ class Faults:
         )  # fmt: skip
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
+    def popen_tool(self, *args: str) -> subprocess.Popen:
+        cmd = ["docker", "compose", "-p", self.stack.name, "run", "--rm", "-T", "--no-deps"]
+        cmd += ["--entrypoint", "python", "producer", "-c", self.tool, *args]
+        return subprocess.Popen(
+            cmd, cwd=self.stack.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
     def submit(self, tag: str, task: str, n: int, args: list) -> dict:
         return self.tool_run("submit", tag, task, str(n), json.dumps(args))
 
@@ -390,3 +397,176 @@ def test_stack_refuses_anonymous_access_runs_as_non_root_on_loopback(faults):
     # After the kills above, the restarted containers still run as the image's user.
     sent = faults.tool_run("wait", "none", "0", "0")
     assert sent["queued"] == {"cpu": 0, "io": 0}
+
+
+# --- 2. the broker goes away ----------------------------------------------------------------
+
+REDIS_PID = (
+    "for d in /proc/[0-9]*; do "
+    '[ "$(cat $d/comm 2>/dev/null)" = redis-server ] && echo ${d#/proc/}; done'
+)
+
+
+@pytest.mark.parametrize("how", ["compose restart", "kill -9"])
+def test_redis_goes_down_with_thousands_queued(faults, how):
+    s, n = faults.stack, 3000
+    tag = "redis-" + how.split()[-1].strip("-")
+    for queue in ("cpu", "io"):
+        faults.submit(f"{tag}-{queue}", f"{queue}.noop", n, [])
+    queued = faults.tool_run("wait", tag, "0", "0")["queued"]
+    before = faults.container("redis")
+    if how == "compose restart":
+        s.compose("restart", "redis")
+    else:
+        (pid,) = s.compose("exec", "-T", "redis", "sh", "-c", REDIS_PID).stdout.split()
+        faults.kill("redis", int(pid))
+    after = faults.wait_healthy("redis")
+    assert after["State"]["StartedAt"] != before["State"]["StartedAt"], "redis did not restart"
+    print(f"\n[{how}] queued when Redis went down: {queued}")
+    for queue, service in (("cpu", "worker-cpu"), ("io", "worker-io")):
+        faults.report(f"redis {how}, {queue} backlog", service, f"{tag}-{queue}", n, 300)
+    # Workers and Flower came back by themselves: Flower reaches both workers, and sees the
+    # events of a task sent now.
+    assert {name.split("@")[0] for name in s.workers()} == {"cpu", "io"}
+    probe = f"{tag}-flower"
+    faults.submit(probe, "io.noop", 1, [])
+    deadline, info = time.monotonic() + 120, (0, None)
+    while time.monotonic() < deadline:
+        info = s.flower(f"/api/task/info/{probe}-0")
+        if info[0] == 200 and info[1].get("state") == "SUCCESS":
+            break
+        time.sleep(2)
+    assert info[0] == 200 and info[1]["state"] == "SUCCESS", info
+
+
+# --- 3. graceful stop -----------------------------------------------------------------------
+
+
+def test_stop_worker_cpu_while_long_tasks_run(faults):
+    """Prefork soft shutdown: tasks get CPU_SOFT_SHUTDOWN_TIMEOUT to finish, the rest are
+    re-queued at once and run after the restart; Docker never needs its SIGKILL."""
+    s, tag, n = faults.stack, "stop-cpu", 6
+    faults.submit(tag, "cpu.count_primes", n, [3_000_000])
+    faults.wait_for_received("worker-cpu", tag, 2)
+    time.sleep(1)
+    s.compose("stop", "worker-cpu", timeout=120)
+    state = faults.container("worker-cpu")["State"]
+    logs = faults.logs("worker-cpu")
+    print(f"\nworker-cpu stopped: exit {state['ExitCode']}, OOMKilled {state['OOMKilled']}")
+    assert state["Status"] == "exited" and state["ExitCode"] != 137, state  # 137: SIGKILL
+    assert "Initiating Soft Shutdown" in logs
+    s.compose("start", "worker-cpu")
+    faults.wait_healthy("worker-cpu")
+    faults.report("compose stop worker-cpu mid-task, start", "worker-cpu", tag, n, 300)
+
+
+# --- 4. the producer while Redis is down ----------------------------------------------------
+
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+def test_producer_while_redis_is_down(faults):
+    """Redis stops mid-publish: the producer retries for a bounded time, exits 1 with one clear
+    line, and every task it counted as sent still runs once Redis is back."""
+    s, total = faults.stack, 30_000
+    producer = subprocess.Popen(
+        ["docker", "compose", "-p", s.name, "run", "--rm", "-T", "--no-deps", "producer",
+         "--cpu", "0", "--io", str(total), "--io-delay", "0", "--json"],
+        cwd=s.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            depth = s.compose("exec", "-T", "redis", "redis-cli", "llen", "io", check=False)
+            if depth.stdout.strip().isdigit() and int(depth.stdout) > 2000:
+                break
+            time.sleep(0.2)
+        s.compose("stop", "redis")
+        down_at = time.monotonic()
+        out, err = producer.communicate(timeout=300)
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+    gave_up = time.monotonic() - down_at
+    s.compose("start", "redis")
+    faults.wait_healthy("redis")
+    print(
+        f"\nproducer exit {producer.returncode} {gave_up:.1f} s after Redis stopped: {err.strip()}"
+    )
+    assert producer.returncode == 1, out + err
+    match = re.search(rf"cannot publish to Redis \(.+\); (\d+) of {total} tasks were sent", err)
+    assert match, err
+    sent = int(match.group(1))
+    assert 0 < sent < total
+    # The producer's tasks carry random ids; no other test here sends wait_on_api that way.
+    pattern = rf"wait_on_api\[({UUID})\] succeeded in"
+    deadline, done = time.monotonic() + 600, Counter()
+    while time.monotonic() < deadline:
+        done = Counter(re.findall(pattern, faults.logs("worker-io")))
+        if len(done) >= sent:
+            break
+        time.sleep(5)
+    lost = max(0, sent - len(done))
+    line = (
+        f"{'producer vs Redis down (reported sent)':<44} {sent:>9} {len(done):>9} {lost:>5} "
+        f"{sum(1 for c in done.values() if c > 1):>5} {'-':>7}"
+    )
+    ROWS.append(line)
+    print(f"{HEADER}\n{line}")
+    assert lost == 0
+
+
+# --- 5. load --------------------------------------------------------------------------------
+
+
+def memory_mib(names: list[str]) -> dict[str, float]:
+    out = run(
+        ["docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", *names],
+        cwd=None,
+    ).stdout
+    units = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}
+    usage = {}
+    for line in out.splitlines():
+        name, used = line.split()[0], line.split()[1]
+        value, unit = re.fullmatch(r"([\d.]+)(\w+)", used).groups()
+        usage[name] = float(value) * units.get(unit, 1 / 1024**2)
+    return usage
+
+
+def test_load_100k_tasks_drained_memory_bounded(faults):
+    per_queue = 50_000
+    names = [faults.container(svc)["Name"].lstrip("/") for svc in ("worker-cpu", "worker-io")]
+    baseline = memory_mib(names)
+    started = time.monotonic()
+    senders = [
+        faults.popen_tool("submit", f"load-{q}", f"{q}.noop", str(per_queue), "[]")
+        for q in ("cpu", "io")
+    ]
+    peak = dict(baseline)
+    done = {}
+    deadline = started + 900
+    while time.monotonic() < deadline:
+        time.sleep(10)
+        for name, mib in memory_mib(names).items():
+            peak[name] = max(peak[name], mib)
+        if any(p.poll() is None for p in senders):
+            continue
+        done = {q: faults.tool_run("wait", f"load-{q}", str(per_queue), "0") for q in ("cpu", "io")}
+        if all(d["states"].get("SUCCESS", 0) == per_queue for d in done.values()):
+            break
+    elapsed = time.monotonic() - started
+    for p in senders:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    print(
+        f"\n100,000 tasks submitted and drained in {elapsed:.0f} s "
+        f"({2 * per_queue / elapsed:.0f} tasks/s end to end, events and results on)"
+    )
+    print(
+        "worker memory MiB, idle -> peak: "
+        + ", ".join(f"{n}: {baseline[n]:.0f} -> {peak[n]:.0f}" for n in names)
+    )
+    for queue, service in (("cpu", "worker-cpu"), ("io", "worker-io")):
+        faults.report(f"load 50,000 noop ({queue})", service, f"load-{queue}", per_queue, 60)
+    # Bounded: far below the host's memory; prefork children are also capped per process.
+    assert all(mib < 1024 for mib in peak.values()), peak
