@@ -79,6 +79,11 @@ def make_app() -> Celery:
             "max_connections": settings.io_concurrency + 20,
         },
         result_backend_transport_options={"max_connections": settings.io_concurrency + 20},
+        # A result written while Redis restarts is retried, not dropped after the task ran
+        # (a Redis restart under load lost one result without this). ~2 min at most.
+        result_backend_always_retry=True,
+        result_backend_max_retries=20,
+        result_backend_max_sleep_between_retries_ms=10_000,
         worker_hijack_root_logger=True,
         worker_redirect_stdouts_level="INFO",
     )
