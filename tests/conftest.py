@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -138,8 +140,19 @@ class Stack:
         return workers
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def start_stack(output_dir: Path, name: str, **answers: str) -> Stack:
-    stack = Stack(generate(output_dir, **answers), name)
+    """Generate, build and start a stack; its compose project name and Flower port are unique
+    to this test session, so several sessions can run on one engine."""
+    stack = Stack(generate(output_dir, **answers), f"{name}-{os.getpid()}")
+    env_file = stack.path / ".env"
+    text = re.sub(r"(?m)^FLOWER_PORT=.*$", f"FLOWER_PORT={free_port()}", env_file.read_text())
+    env_file.write_text(re.sub(r"(?m)^IMAGE_TAG=.*$", f"IMAGE_TAG={stack.name}", text))
     stack.compose("down", "-v", "--remove-orphans", check=False)  # leftovers of an aborted run
     started = time.monotonic()
     stack.compose("build", timeout=1800)

@@ -25,8 +25,9 @@ def test_generated_project_tests_pass(tmp_path, case):
     project = generate(tmp_path, **CASES[case])
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "TEST_REDIS_URL")}
     run(["uv", "sync", "--locked", "--quiet"], cwd=project, env=env, timeout=600)
+    # Through the Makefile, as a user would: proves `make test` really runs the suite.
     proc = run(
-        ["uv", "run", "--locked", "pytest", "-q", "-s", "-p", "no:cacheprovider"],
+        ["make", "test", "ARGS=-q -s -p no:cacheprovider"],
         cwd=project,
         env=env,
         timeout=900,

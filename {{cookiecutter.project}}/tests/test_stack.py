@@ -19,17 +19,39 @@ def test_peak_in_flight():
 
 
 @pytest.fixture(scope="module")
-def mixed_run(run_producer):
+def mixed_run_proc(run_producer):
     proc = run_producer(
         "--cpu", "8", "--io", "60", "--cpu-limit", "60000", "--io-delay", "0.2", "--json"
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(proc.stdout)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def mixed_run(mixed_run_proc):
+    return json.loads(mixed_run_proc.stdout)
 
 
 def test_every_task_succeeds(mixed_run):
     assert mixed_run["ok"] is True
     assert (mixed_run["submitted"], mixed_run["succeeded"], mixed_run["failed"]) == (68, 68, 0)
+
+
+def test_progress_per_queue_on_stderr_then_summary_on_stdout(run_producer):
+    proc = run_producer("--cpu", "3", "--io", "12", "--cpu-limit", "20000", "--io-delay", "0.1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    bars = {line.split()[0]: line for line in proc.stderr.splitlines() if "failed" in line}
+    assert "3/3" in bars["cpu"] and "0 failed" in bars["cpu"], proc.stderr
+    assert "12/12" in bars["io"] and "0 failed" in bars["io"], proc.stderr
+    assert "15/15 tasks succeeded" in proc.stdout
+    assert "3/3" not in proc.stderr.replace(bars["cpu"], "")  # one final bar per queue
+    assert "failed" not in proc.stdout
+
+
+def test_json_output_has_no_progress(mixed_run_proc):
+    assert json.loads(mixed_run_proc.stdout)["ok"] is True
+    assert "failed" not in mixed_run_proc.stderr
+    assert "━" not in mixed_run_proc.stderr + mixed_run_proc.stdout
 
 
 def test_cpu_tasks_ran_on_the_cpu_worker(mixed_run):
@@ -57,7 +79,9 @@ def test_io_worker_runs_hundreds_of_calls_at_once(run_producer):
         f"200 x 0.5 s I/O tasks: peak {io['peak_in_flight']} in flight, makespan {io['makespan_s']} s"
     )
     assert io["succeeded"] == 200
-    assert io["peak_in_flight"] >= 150
+    # Publishing and finishing overlap, so the peak stays below 200; a pool of 2 would show 2.
+    # 100 leaves room for a loaded machine (129 was the lowest seen with other stacks running).
+    assert io["peak_in_flight"] >= 100
     # Loose on purpose (shared CI machines), yet 10x below the 50 s a pool of 2 needs.
     assert io["makespan_s"] < 5
 

@@ -2,7 +2,9 @@
 
     python -m {{ cookiecutter.package }}.producer --cpu 20 --io 200 [--json]
 
-Exit status: 0 when every task succeeded, 1 when any failed or timed out, 2 on bad input.
+While waiting it shows a live progress bar per queue on stderr (none with --json), then prints
+the summary on stdout. Exit status: 0 when every task succeeded, 1 when any failed or timed out,
+2 on bad input.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from celery.exceptions import TimeoutError as CeleryTimeout
@@ -71,6 +75,42 @@ def wait(jobs: list[Job], timeout: float, on_done=None) -> None:
             break
     for job in pending.values():
         job.error = f"no result within {timeout:g} s"
+
+
+@contextmanager
+def live_progress(jobs: list[Job]) -> Iterator[Callable[[Job], None]]:
+    """A progress bar per queue on stderr; yields the ``on_done`` callback for ``wait()``.
+
+    stderr keeps stdout for the summary alone, so ``producer > out.txt`` still shows progress.
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    progress = Progress(
+        TextColumn("{task.description:<4}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+    totals = {name: sum(job.queue == name for job in jobs) for name in (CPU_QUEUE, IO_QUEUE)}
+    bars = {name: progress.add_task(name, total=totals[name], failed=0) for name in totals}
+    failed = Counter()
+
+    def on_done(job: Job) -> None:
+        if job.error:
+            failed[job.queue] += 1
+        progress.update(bars[job.queue], advance=1, failed=failed[job.queue])
+
+    with progress:
+        yield on_done
 
 
 def _describe_failure(meta: dict) -> str:
@@ -217,7 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    wait(jobs, args.timeout)
+    if args.json:
+        wait(jobs, args.timeout)  # stdout and stderr stay free of progress output
+    else:
+        with live_progress(jobs) as on_done:
+            wait(jobs, args.timeout, on_done=on_done)
     summary = summarize(jobs, started)
     if args.json:
         print(json.dumps(summary, indent=2))
