@@ -378,7 +378,7 @@ def test_no_secret_from_env_in_the_image(faults):
     s = faults.stack
     secrets = [s.env["REDIS_PASSWORD"], s.env["FLOWER_PASSWORD"]]
     assert all(len(x) >= 20 for x in secrets)
-    image = f"{s.path.name}:latest"
+    image = f"{s.path.name}:{s.env['IMAGE_TAG']}"
     history = run(["docker", "history", "--no-trunc", image], cwd=None).stdout
     inspect = run(["docker", "image", "inspect", image], cwd=None).stdout
     assert "home/app" in inspect  # the right image was inspected
