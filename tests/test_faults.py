@@ -352,8 +352,11 @@ def test_bad_env_value_stops_worker_containers_with_one_line(faults):
 
 def test_non_json_and_pickled_messages_are_rejected_and_workers_keep_serving(faults):
     tag = "raw"
+    restarts = {svc: faults.container(svc)["RestartCount"] for svc in ("worker-cpu", "worker-io")}
     faults.tool_run("raw", tag)
     time.sleep(3)
+    for svc in restarts:
+        faults.wait_healthy(svc)
     for queue, service in (("cpu", "worker-cpu"), ("io", "worker-io")):
         batch = f"after-raw-{queue}"
         faults.submit(batch, f"{queue}.noop", 20, [])
@@ -364,6 +367,12 @@ def test_non_json_and_pickled_messages_are_rejected_and_workers_keep_serving(fau
         ]
         print(f"[{service}] " + "\n  ".join(refused[:6]))
         assert re.search(r"untrusted content of type pickle", logs), "pickle not refused"
+        assert "Can't decode message body" in logs and "b'{not json'" in logs, "bad JSON not logged"
+        # Known gap (kombu 5.7): a list entry that is not even a JSON envelope raises in the
+        # transport itself: "Unrecoverable error", the worker exits and the restart policy
+        # brings it back. Reported, not asserted away.
+        crashed = faults.container(service)["RestartCount"] - restarts[service]
+        print(f"[{service}] restarts caused by the non-JSON list entry: {crashed}")
         # The exploit would have created this file had the worker unpickled the body.
         probe = faults.stack.compose("exec", "-T", service, "test", "-e", "/tmp/pwned", check=False)
         assert probe.returncode == 1, "the pickled payload ran"
