@@ -215,7 +215,7 @@ class Faults:
 
     # --- processes inside containers -------------------------------------------------------
     def container(self, service: str) -> dict:
-        cid = self.stack.compose("ps", "-q", service).stdout.split()[0]
+        cid = self.stack.compose("ps", "-q", "--all", service).stdout.split()[0]
         out = run(["docker", "inspect", cid], cwd=None).stdout
         return json.loads(out)[0]
 
@@ -451,10 +451,19 @@ def test_redis_goes_down_with_thousands_queued(faults, how):
     after = faults.wait_healthy("redis")
     assert after["State"]["StartedAt"] != before["State"]["StartedAt"], "redis did not restart"
     print(f"\n[{how}] queued when Redis went down: {queued}")
+    gaps = []
     for queue, service in (("cpu", "worker-cpu"), ("io", "worker-io")):
-        faults.report(
-            f"redis {how}, {queue} backlog", service, f"{tag}-{queue}", n, 300, broker_restart=True
-        )
+        try:
+            faults.report(
+                f"redis {how}, {queue} backlog",
+                service,
+                f"{tag}-{queue}",
+                n,
+                300,
+                broker_restart=True,
+            )
+        except pytest.xfail.Exception as gap:
+            gaps.append(f"{queue}: {gap}")
     # Workers and Flower came back by themselves: Flower reaches both workers, and sees the
     # events of a task sent now.
     assert {name.split("@")[0] for name in s.workers()} == {"cpu", "io"}
@@ -467,6 +476,8 @@ def test_redis_goes_down_with_thousands_queued(faults, how):
             break
         time.sleep(2)
     assert info[0] == 200 and info[1]["state"] == "SUCCESS", info
+    if gaps:
+        pytest.xfail("; ".join(gaps))
 
 
 # --- 3. graceful stop -----------------------------------------------------------------------
