@@ -459,7 +459,7 @@ def test_redis_goes_down_with_thousands_queued(faults, how):
                 service,
                 f"{tag}-{queue}",
                 n,
-                300,
+                150,
                 broker_restart=True,
             )
         except pytest.xfail.Exception as gap:
