@@ -466,7 +466,11 @@ def test_redis_goes_down_with_thousands_queued(faults, how):
             gaps.append(f"{queue}: {gap}")
     # Workers and Flower came back by themselves: Flower reaches both workers, and sees the
     # events of a task sent now.
-    assert {name.split("@")[0] for name in s.workers()} == {"cpu", "io"}
+    deadline, seen = time.monotonic() + 120, set()
+    while time.monotonic() < deadline and seen != {"cpu", "io"}:
+        time.sleep(2)  # reconnects are asynchronous: give Flower's broadcast a few tries
+        seen = {name.split("@")[0] for name in s.workers()}
+    assert seen == {"cpu", "io"}
     probe = f"{tag}-flower"
     faults.submit(probe, "io.noop", 1, [])
     deadline, info = time.monotonic() + 120, (0, None)
