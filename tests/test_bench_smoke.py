@@ -1,0 +1,62 @@
+"""The generated project's benchmark, run end to end with tiny batches so it never rots.
+
+Real redis-server and real workers, started by the benchmark itself. Speed is never asserted:
+only that every scenario ran every task and reported its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from conftest import DEFAULT_PACKAGE, generate, run
+
+# Figures each scenario must report as positive numbers, per row.
+FIGURES = {
+    "io": ("tasks_per_s", "bound_tasks_per_s", "pct_of_bound", "cpu_ms_per_task", "makespan_s"),
+    "memory": ("pss_total_mib", "idle_pss_total_mib", "pss_per_slot_mib", "slots"),
+    "mixed": ("makespan_s", "bound_s", "x_bound", "io_latency_p50_s", "io_latency_p99_s"),
+    "overhead": ("tasks_per_s", "cpu_ms_per_task", "cpu_bound_tasks_per_s"),
+}
+VARIANTS = {
+    "io": {"template io", "untuned gevent", "template io x cores", "prefork c=cores"},
+    "memory": {"template io (gevent)", "template cpu (prefork)"},
+    "mixed": {"template: cpu prefork + io gevent", "default: one prefork worker"},
+    "overhead": {"template io", "untuned gevent", "template cpu", "untuned prefork"},
+}
+
+
+def test_bench_smoke_reports_every_scenario(tmp_path):
+    project = generate(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "REDIS_URL")}
+    run(["uv", "sync", "--locked", "--quiet", "--group", "bench"], cwd=project, env=env)
+    out = tmp_path / "results"
+    bench = ["uv", "run", "--locked", "--group", "bench", "python", "-m"]
+    bench += [f"{DEFAULT_PACKAGE}.bench", "--smoke", "--out", str(out)]
+    proc = run(bench, cwd=project, env=env, timeout=900)
+
+    assert (out / "bench-results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    document = json.loads((out / "bench-results.json").read_text())
+    assert document["mode"] == "smoke"
+    assert document["machine"]["cores"] >= 1
+    assert set(document["results"]) == set(FIGURES)
+    for name, rows in document["results"].items():
+        assert {row["variant"] for row in rows} == VARIANTS[name], name
+        for row in rows:
+            assert row["succeeded"] == row["n"] > 0, (name, row)
+            assert row["errors"] == [], (name, row)
+            for figure in FIGURES[name]:
+                value = row.get(figure)
+                assert isinstance(value, int | float) and value > 0, (name, row["variant"], figure)
+    measured = [t for t in document["targets"] if t["measured"] is not None]
+    assert len(measured) == len(document["targets"]) >= 9
+    assert "Targets" in proc.stdout
+
+
+def test_bench_rejects_an_unknown_scenario(tmp_path):
+    project = generate(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    cmd = ["uv", "run", "--locked", "python", "-m", f"{DEFAULT_PACKAGE}.bench"]
+    proc = run([*cmd, "--scenarios", "io,speed"], cwd=project, env=env, check=False)
+    assert proc.returncode == 2
+    assert "unknown speed" in proc.stderr

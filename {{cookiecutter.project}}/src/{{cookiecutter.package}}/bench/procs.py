@@ -1,0 +1,143 @@
+"""Local processes for the benchmark (redis-server, demo API, workers) and what /proc says about them."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready within {timeout:g} s")
+
+
+def stop(*running: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM (a worker's warm shutdown) to all at once, SIGKILL whoever outlives ``timeout``.
+
+    All at once because an idle gevent worker takes ~4 s to notice SIGTERM here.
+    """
+    alive = [proc for proc in running if proc.poll() is None]
+    for proc in alive:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in alive:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
+    """A throw-away redis-server on a free loopback port; returns it and its URL."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise SystemExit("redis-server not found: install it (apt-get install redis-server)")
+    port, password = free_port(), secrets.token_urlsafe(24)
+    # The password goes through stdin-free config on the command line of a loopback-only server.
+    argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    argv += ["--requirepass", password, "--dir", str(workdir)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    wait_until(lambda: port_open(port), 10, "redis-server")
+    return proc, f"redis://:{password}@127.0.0.1:{port}/0"
+
+
+def start_demo_api(package: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    argv = [sys.executable, "-m", f"{package}.demo_api", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(argv)
+    wait_until(lambda: port_open(port), 15, "demo API")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+class Worker:
+    """One Celery worker process, its log, and readiness from the log's "ready." line."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: Path):
+        self.name = name
+        self.log = logdir / f"{name}.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited:\n{self.log.read_text()[-3000:]}")
+        return " ready." in self.log.read_text()
+
+    def tree(self) -> list[int]:
+        return process_tree(self.proc.pid)
+
+
+def _parent(stat: str) -> int:
+    # After the command name's ")": state, then the parent pid.
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def children(pid: int) -> list[int]:
+    """Direct children, found by parent pid (/proc/<pid>/task/*/children is not always built in)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if _parent(stat.read_text()) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and every descendant (prefork children)."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children(current)
+    return tree
+
+
+def cpu_seconds(root: int) -> float:
+    """User + system CPU of a process tree, including children it already reaped."""
+    total = 0.0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the ")": state is field 3, utime 14, stime 15, cutime 16, cstime 17.
+        ticks = int(fields[11]) + int(fields[12])
+        if pid == root:
+            ticks += int(fields[13]) + int(fields[14])
+        total += ticks / CLOCK_TICKS
+    return total
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size: shared pages split among the processes sharing them."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no Pss line for pid {pid}")
