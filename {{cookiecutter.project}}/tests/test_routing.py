@@ -4,7 +4,7 @@ import pytest
 
 from {{ cookiecutter.package }}.celery_app import TASK_ROUTES, app
 from {{ cookiecutter.package }}.settings import Settings
-from {{ cookiecutter.package }}.worker import worker_argv
+from {{ cookiecutter.package }}.worker import worker_argv, worker_env
 
 PACKAGE = "{{ cookiecutter.package }}"
 
@@ -40,6 +40,8 @@ def test_only_json_is_accepted():
     assert app.conf.accept_content == ["json"]
     assert app.conf.result_accept_content == ["json"]
     assert app.conf.task_serializer == app.conf.result_serializer == "json"
+    assert app.conf.event_serializer == "json"
+    assert "pickle" not in str(app.conf.accept_content) + str(app.conf.result_accept_content)
 
 
 def argv(kind, **env):
@@ -70,3 +72,26 @@ def test_solo_runs_one_task_per_process():
 def test_unknown_worker_kind_is_refused():
     with pytest.raises(ValueError, match="accepted: cpu, io"):
         argv("gpu")
+
+
+def test_prefork_gets_soft_shutdown_on_its_command_line_only():
+    settings = Settings(redis_url="redis://:pw@r:6379/0", cpu_soft_shutdown_timeout=40)
+    cpu = worker_argv("cpu", settings)
+    assert cpu[-2:] == ["--", "worker_soft_shutdown_timeout=40"]
+    assert worker_env("cpu", settings)["REMAP_SIGTERM"] == "SIGQUIT"
+    # gevent crashes on soft shutdown (celery 5.7): the io worker keeps the warm one.
+    assert "--" not in worker_argv("io", settings)
+    assert "REMAP_SIGTERM" not in worker_env("io", settings)
+
+
+def test_celery_parses_the_soft_shutdown_argument():
+    # The same parser `celery worker` applies to what follows "--".
+    parsed = app.loader.cmdline_config_parser(["worker_soft_shutdown_timeout=40"], "worker")
+    assert parsed == {"worker_soft_shutdown_timeout": 40.0}
+
+
+@pytest.mark.parametrize("env", [{"cpu_soft_shutdown_timeout": 0}, {"cpu_pool": "solo"}])
+def test_no_soft_shutdown_when_off_or_not_prefork(env):
+    settings = Settings(redis_url="redis://:pw@r:6379/0", **env)
+    assert "--" not in worker_argv("cpu", settings)
+    assert "REMAP_SIGTERM" not in worker_env("cpu", settings)

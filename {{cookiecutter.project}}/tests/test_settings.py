@@ -61,6 +61,18 @@ def test_values_from_env_are_typed(clean_env):
         ("REDIS_URL", "http://:pw@redis:6379/0"),
         ("REDIS_URL", "redis://redis:6379/0"),
         ("REDIS_URL", "redis://:pw@redis:notaport/0"),
+        ("REDIS_URL", "redis://:pw@/0"),
+        ("CPU_CONCURRENCY", "0"),
+        ("CPU_CONCURRENCY", "2.5"),
+        ("CPU_PREFETCH_MULTIPLIER", "0"),
+        ("IO_CONCURRENCY", ""),
+        ("TASK_TIME_LIMIT", "-5"),
+        ("RESULT_EXPIRES", "1h"),
+        ("MAX_MEMORY_PER_CHILD", "-1"),
+        ("MAX_MEMORY_PER_CHILD", "512MB"),
+        ("CPU_SOFT_SHUTDOWN_TIMEOUT", "-1"),
+        ("CPU_SOFT_SHUTDOWN_TIMEOUT", "soon"),
+        ("VISIBILITY_TIMEOUT", "99999999"),
     ],
 )
 def test_bad_value_gives_one_line_naming_the_variable(clean_env, name, value):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from {{ cookiecutter.package }}.celery_app import CPU_QUEUE, IO_QUEUE, app
 from {{ cookiecutter.package }}.tasks import cpu, io
@@ -250,13 +252,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         submit(jobs)
-    except OperationalError as exc:
+    except (OperationalError, RedisConnectionError, RuntimeError) as exc:
+        # OperationalError: publish retries used up. The others come from the result
+        # backend's own reconnect attempts (its retry limit raises RuntimeError).
         sent = sum(1 for job in jobs if job.result is not None)
+        reason = " ".join(str(exc).split())
         print(
-            f"error: cannot publish to Redis ({exc}); {sent} of {len(jobs)} tasks were sent",
+            f"error: cannot publish to Redis ({reason}); {sent} of {len(jobs)} tasks were sent",
             file=sys.stderr,
+            flush=True,
         )
-        return 1
+        # Exit now: Celery's exit-time cleanup would try to reach the dead Redis again and
+        # hung the process (measured); nothing is left to flush, the sent tasks are in Redis.
+        sys.stdout.flush()
+        os._exit(1)
     if args.json:
         wait(jobs, args.timeout)  # stdout and stderr stay free of progress output
     else:

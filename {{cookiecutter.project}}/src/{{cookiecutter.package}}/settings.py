@@ -37,6 +37,7 @@ ACCEPTED = {
     "visibility_timeout": "seconds, an integer from 60 to 604800, above TASK_TIME_LIMIT",
     "result_expires": "seconds, an integer from 60 to 604800",
     "max_memory_per_child": "KiB, 0 (no cap) or an integer up to 67108864",
+    "cpu_soft_shutdown_timeout": "seconds, 0 (warm shutdown) or an integer up to 3600",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "demo_api_url": "an http:// or https:// URL",
     "heartbeat_file": "an absolute file path",
@@ -62,9 +63,14 @@ class Settings(BaseSettings):
     io_prefetch_multiplier: int = Field(4, ge=2, le=64)
     task_events: bool = True
     task_time_limit: int = Field(300, ge=1, le=86400)
-    visibility_timeout: int = Field(3600, ge=60, le=604800)
+    # A task of a worker killed outright (OOM, SIGKILL) comes back after this long: above the
+    # longest a message may sit reserved plus run, shorter means faster recovery.
+    visibility_timeout: int = Field(1800, ge=60, le=604800)
     result_expires: int = Field(3600, ge=60, le=604800)
     max_memory_per_child: int = Field(512_000, ge=0, le=67_108_864)
+    # prefork only: on SIGTERM let running tasks finish for this long, then re-queue the rest
+    # at once (0 = plain warm shutdown). Keep below CPU_STOP_GRACE_PERIOD.
+    cpu_soft_shutdown_timeout: int = Field(45, ge=0, le=3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     demo_api_url: AnyHttpUrl = AnyHttpUrl("http://demo-api:8000")
     heartbeat_file: str = "/tmp/worker-heartbeat"

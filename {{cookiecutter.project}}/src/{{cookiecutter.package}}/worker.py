@@ -53,7 +53,27 @@ def worker_argv(kind: str, settings: Settings) -> list[str]:
     if pool == "prefork" and settings.max_memory_per_child:
         # A child above the cap is replaced after its current task: leaks cannot grow forever.
         argv.append(f"--max-memory-per-child={settings.max_memory_per_child}")
+    if soft_shutdown(kind, settings):
+        # Config after "--" applies to this worker only (the io worker must not get it).
+        argv += ["--", f"worker_soft_shutdown_timeout={settings.cpu_soft_shutdown_timeout}"]
     return argv
+
+
+def soft_shutdown(kind: str, settings: Settings) -> bool:
+    """Soft shutdown for the prefork cpu worker only: in celery 5.7 it crashes gevent."""
+    prefork = kind == "cpu" and settings.cpu_pool == "prefork"
+    return prefork and settings.cpu_soft_shutdown_timeout > 0
+
+
+def worker_env(kind: str, settings: Settings) -> dict[str, str]:
+    """The environment Celery starts with."""
+    env = dict(os.environ)
+    if soft_shutdown(kind, settings):
+        # SIGTERM (docker stop) starts the soft shutdown: tasks get the timeout to finish,
+        # then the rest are cancelled and re-queued at once, before the SIGKILL that would
+        # leave them unacknowledged until VISIBILITY_TIMEOUT.
+        env["REMAP_SIGTERM"] = "SIGQUIT"
+    return env
 
 
 def main(args: list[str] | None = None) -> None:
@@ -64,8 +84,9 @@ def main(args: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    argv = worker_argv(args[0], get_settings())
-    os.execv(argv[0], argv)  # noqa: S606 - replace this process with Celery
+    settings = get_settings()
+    argv = worker_argv(args[0], settings)
+    os.execve(argv[0], argv, worker_env(args[0], settings))  # noqa: S606 - become Celery
 
 
 if __name__ == "__main__":

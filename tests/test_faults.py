@@ -1,0 +1,617 @@
+"""No task lost: the generated stack under faults, on a real Docker engine.
+
+Every fault test submits tasks with known ids, breaks something for real, and counts from the
+outside: final states in the result backend (lost = no SUCCESS), and the workers' own log lines
+(`Task ...[id] received` / `succeeded`) for re-deliveries and double runs. Each prints one row:
+
+    fault | submitted | completed | lost | run twice | re-delivered
+
+Tests run in file order on one stack of their own (`e2e-faults`, Flower on 25555), which is
+removed at the end. Speeds are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+from conftest import Stack, run, start_stack
+
+# Test-time knobs (see the generated README, "Tuning"): a short visibility timeout so tasks of a
+# SIGKILLed worker come back within a minute, and a short grace period for `compose stop`.
+FAULT_ENV = {
+    "TASK_TIME_LIMIT": "30",
+    "VISIBILITY_TIMEOUT": "60",
+    "CPU_STOP_GRACE_PERIOD": "30s",
+    "CPU_SOFT_SHUTDOWN_TIMEOUT": "10",
+}
+
+ROWS: list[str] = []
+HEADER = f"{'fault':<44} {'submitted':>9} {'completed':>9} {'lost':>5} {'twice':>5} {'redeliv':>7}"
+
+# Runs inside a one-shot container of the project image (the `producer` service), so it talks
+# to Redis exactly as the stack does. Task ids are "<tag>-<n>": known without being printed.
+TOOL = """
+import json, sys, time
+from collections import Counter
+
+from {pkg}.celery_app import app
+from {pkg}.producer import PUBLISH_RETRY
+from {pkg}.tasks import cpu, io
+
+TASKS = {{
+    "cpu.count_primes": cpu.count_primes,
+    "cpu.noop": cpu.noop,
+    "io.noop": io.noop,
+    "io.wait_on_api": io.wait_on_api,
+}}
+
+
+def ids(tag, n):
+    return [f"{{tag}}-{{i}}" for i in range(n)]
+
+
+MISSING = []
+
+
+def states(tag, n):
+    client, found = app.backend.client, Counter()
+    MISSING.clear()
+    all_ids = ids(tag, n)
+    keys = [app.backend.get_key_for_task(i) for i in all_ids]
+    for start in range(0, len(keys), 2000):
+        for task_id, raw in zip(all_ids[start:], client.mget(keys[start:start + 2000])):
+            status = json.loads(raw)["status"] if raw else "MISSING"
+            found[status] += 1
+            if status != "SUCCESS":
+                MISSING.append(task_id)
+    return found
+
+
+cmd, tag = sys.argv[1], sys.argv[2]
+if cmd == "submit":
+    name, n, args = sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5])
+    started = time.monotonic()
+    with app.producer_or_acquire() as producer:
+        for task_id in ids(tag, n):
+            TASKS[name].apply_async(
+                args, task_id=task_id, producer=producer, retry=True, retry_policy=PUBLISH_RETRY
+            )
+    print(json.dumps({{"sent": n, "seconds": time.monotonic() - started}}))
+elif cmd == "raw":
+    # Hand-made messages in kombu's Redis format (a JSON envelope, body base64-encoded).
+    import base64, os, pickle, uuid
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("touch /tmp/pwned",))
+
+    bodies = {{
+        "pickle": ("application/x-python-serialize", pickle.dumps(((Exploit(),), {{}}, {{}}))),
+        "badjson": ("application/json", b"{{not json"),
+    }}
+    client = app.backend.client
+    for queue in ("cpu", "io"):
+        for kind, (ctype, body) in bodies.items():
+            task_id = f"{{tag}}-{{queue}}-{{kind}}"
+            client.lpush(queue, json.dumps({{
+                "body": base64.b64encode(body).decode(),
+                "content-encoding": "binary",
+                "content-type": ctype,
+                "headers": {{"lang": "py", "task": f"{{app.main}}.tasks.{{queue}}.noop",
+                             "id": task_id, "root_id": task_id, "argsrepr": "()"}},
+                "properties": {{
+                    "correlation_id": task_id, "delivery_mode": 2, "priority": 0,
+                    "delivery_info": {{"exchange": queue, "routing_key": queue}},
+                    "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+                }},
+            }}))
+        client.lpush(queue, "this is not JSON at all")
+    print(json.dumps({{"pushed": 6}}))
+elif cmd == "wait":
+    n, timeout = int(sys.argv[3]), float(sys.argv[4])
+    deadline = time.monotonic() + timeout
+    while True:
+        found = states(tag, n)
+        if found["SUCCESS"] == n or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    client = app.backend.client
+    print(json.dumps({{
+        "states": found,
+        "queued": {{q: client.llen(q) for q in ("cpu", "io")}},
+        "unacked": client.hlen("unacked"),
+        "not_done": MISSING[:5],
+    }}))
+"""
+
+
+class Faults:
+    """The fault stack plus helpers that submit, wait and count."""
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.tool = TOOL.format(pkg=stack.package)
+
+    def tool_run(self, *args: str, timeout: float = 900) -> dict:
+        proc = self.stack.compose(
+            "run", "--rm", "-T", "--no-deps", "--entrypoint", "python", "producer",
+            "-c", self.tool, *args, timeout=timeout,
+        )  # fmt: skip
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def popen_tool(self, *args: str) -> subprocess.Popen:
+        cmd = ["docker", "compose", "-p", self.stack.name, "run", "--rm", "-T", "--no-deps"]
+        cmd += ["--entrypoint", "python", "producer", "-c", self.tool, *args]
+        return subprocess.Popen(
+            cmd, cwd=self.stack.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def submit(self, tag: str, task: str, n: int, args: list) -> dict:
+        return self.tool_run("submit", tag, task, str(n), json.dumps(args))
+
+    def wait(self, tag: str, n: int, timeout: float) -> dict:
+        return self.tool_run("wait", tag, str(n), str(timeout), timeout=timeout + 120)
+
+    def logs(self, service: str) -> str:
+        text = self.stack.compose("logs", "--no-color", "--no-log-prefix", service).stdout
+        return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)  # compose prefixes erase-line codes
+
+    def log_counts(self, service: str, tag: str) -> tuple[Counter, Counter]:
+        """Per task id of ``tag``: how often it was received, how often it succeeded."""
+        text = self.logs(service)
+        ident = re.escape(tag) + r"-\d+"
+        received = Counter(re.findall(rf"\[({ident})\] received", text))
+        succeeded = Counter(re.findall(rf"\[({ident})\] succeeded in", text))
+        return received, succeeded
+
+    def wait_for_received(self, service: str, tag: str, at_least: int, timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            received, _ = self.log_counts(service, tag)
+            if len(received) >= at_least:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{service} never started {at_least} tasks of {tag}")
+
+    def report(
+        self, fault: str, service: str, tag: str, n: int, timeout: float, broker_restart=False
+    ) -> dict:
+        """Wait for the batch, print its row, and assert none is lost."""
+        started = time.monotonic()
+        result = self.wait(tag, n, timeout)
+        waited = time.monotonic() - started
+        received, succeeded = self.log_counts(service, tag)
+        completed = result["states"].get("SUCCESS", 0)
+        row = {
+            "submitted": n,
+            "completed": completed,
+            "lost": n - completed,
+            "twice": sum(1 for c in succeeded.values() if c > 1),
+            "redelivered": sum(1 for c in received.values() if c > 1),
+        }
+        line = (
+            f"{fault:<44} {n:>9} {completed:>9} {row['lost']:>5} {row['twice']:>5} "
+            f"{row['redelivered']:>7}"
+        )
+        ROWS.append(line)
+        print(f"\n{HEADER}\n{line}\n  (waited {waited:.1f} s for the batch; {result})")
+        if row["lost"]:
+            text = self.logs(service)
+            seen = [ln for i in result["not_done"] for ln in text.splitlines() if i in ln]
+            if broker_restart and not seen and not received.keys() & set(result["not_done"]):
+                # Known gap, not hidden: kombu's Redis transport pops a message (BRPOP) and
+                # records it as unacked in a second command; a restart between the two drops
+                # it before any worker sees it. See the generated README, "Delivery".
+                pytest.xfail(f"{row['lost']} popped during the Redis restart, never delivered")
+            raise AssertionError(f"{row['lost']} lost: {result}\n" + "\n".join(seen))
+        # The log is the second witness: every task id ran to success at least once.
+        assert len(succeeded) == n, f"{n - len(succeeded)} ids never logged success"
+        return row
+
+    # --- processes inside containers -------------------------------------------------------
+    def container(self, service: str) -> dict:
+        cid = self.stack.compose("ps", "-q", "--all", service).stdout.split()[0]
+        out = run(["docker", "inspect", cid], cwd=None).stdout
+        return json.loads(out)[0]
+
+    def pids(self, service: str) -> dict[int, tuple[int, str]]:
+        """pid -> (parent pid, command line) of every process in the service's container."""
+        script = (
+            "import json, os\n"
+            "out = {}\n"
+            "for p in filter(str.isdigit, os.listdir('/proc')):\n"
+            "    try:\n"
+            "        stat = open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()\n"
+            "        cmd = open(f'/proc/{p}/cmdline').read().replace('\\0', ' ')\n"
+            "    except OSError:\n"
+            "        continue\n"
+            "    out[p] = (int(stat[1]), cmd)\n"
+            "print(json.dumps(out))\n"
+        )
+        proc = self.stack.compose("exec", "-T", service, "python", "-c", script)
+        return {int(k): tuple(v) for k, v in json.loads(proc.stdout).items()}
+
+    def main_pid(self, service: str, needle: str) -> int:
+        """The process directly under the container's init whose command contains ``needle``."""
+        found = [p for p, (pp, cmd) in self.pids(service).items() if pp == 1 and needle in cmd]
+        assert len(found) == 1, self.pids(service)
+        return found[0]
+
+    def kill(self, service: str, *pids: int) -> None:
+        # The shell's builtin: images need not ship /bin/kill.
+        self.stack.compose("exec", "-T", service, "sh", "-c", f"kill -9 {' '.join(map(str, pids))}")
+
+    def wait_healthy(self, service: str, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.container(service)
+            if info["State"].get("Health", {}).get("Status") == "healthy":
+                return info
+            time.sleep(1)
+        raise AssertionError(f"{service} not healthy again within {timeout} s")
+
+
+def set_env(stack: Stack, **values: str) -> None:
+    text = (stack.path / ".env").read_text()
+    for key, value in values.items():
+        text, count = re.subn(rf"(?m)^{key}=.*$", f"{key}={value}", text)
+        if count == 0:
+            text += f"{key}={value}\n"
+    (stack.path / ".env").write_text(text)
+
+
+@pytest.fixture(scope="module")
+def faults(require_docker, tmp_path_factory):
+    stack = start_stack(
+        tmp_path_factory.mktemp("faults"), "e2e-faults", project_name="Fault Lab",
+        flower_port="25555",
+    )  # fmt: skip
+    set_env(stack, **FAULT_ENV)
+    stack.up()
+    yield Faults(stack)
+    print("\n" + "\n".join([HEADER, *ROWS]))
+    stack.compose("down", "-v", "--timeout", "60", check=False)
+
+
+# --- 1. kill -9 of workers ------------------------------------------------------------------
+
+
+def test_kill_prefork_children_mid_batch(faults):
+    tag, n = "kill-children", 24
+    faults.submit(tag, "cpu.count_primes", n, [600_000])
+    faults.wait_for_received("worker-cpu", tag, 2)
+    time.sleep(1)
+    main = faults.main_pid("worker-cpu", "celery")
+    children = [p for p, (pp, _) in faults.pids("worker-cpu").items() if pp == main]
+    assert children, "no prefork children to kill"
+    faults.kill("worker-cpu", *children)
+    faults.report("kill -9 prefork children (cpu)", "worker-cpu", tag, n, timeout=300)
+    after = [p for p, (pp, _) in faults.pids("worker-cpu").items() if pp == main]
+    assert after and not set(after) & set(children), "the children were not replaced"
+
+
+def test_kill_whole_worker_containers_mid_batch(faults):
+    """SIGKILL of each worker's main process: the container dies (as under the OOM killer)
+    and its restart policy brings it back; tasks it held return after VISIBILITY_TIMEOUT."""
+    batches = {
+        "worker-cpu": ("kill-cpu-container", "cpu.count_primes", 20, [600_000]),
+        "worker-io": ("kill-io-container", "io.wait_on_api", 600, [2]),
+    }
+    before = {}
+    for tag, task, n, args in batches.values():
+        faults.submit(tag, task, n, args)
+    for service, (tag, *_rest) in batches.items():
+        faults.wait_for_received(service, tag, 2)
+        before[service] = faults.container(service)
+        faults.kill(service, faults.main_pid(service, "celery"))
+    for service in batches:
+        after = faults.wait_healthy(service)
+        # Proof the kill happened: the same container was started again by Docker.
+        assert after["RestartCount"] == before[service]["RestartCount"] + 1
+        assert after["State"]["StartedAt"] != before[service]["State"]["StartedAt"]
+    for service, (tag, _, n, _) in batches.items():
+        faults.report(f"kill -9 whole {service} container", service, tag, n, timeout=300)
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def test_bad_env_value_stops_worker_containers_with_one_line(faults):
+    s = faults.stack
+    bad = {"worker-cpu": ("CPU_CONCURRENCY", "0"), "worker-io": ("IO_CONCURRENCY", "abc")}
+    set_env(s, **dict(bad.values()))
+    expected = {svc: f"settings error: {k}={v!r} is invalid" for svc, (k, v) in bad.items()}
+    try:
+        s.compose("up", "-d", *bad)
+        deadline = time.monotonic() + 120
+        logs = {}
+        while time.monotonic() < deadline:
+            logs = {svc: faults.logs(svc) for svc in bad}
+            codes = {svc: faults.container(svc)["State"]["ExitCode"] for svc in bad}
+            if all(expected[svc] in text for svc, text in logs.items()) and set(codes.values()) == {
+                2
+            }:
+                break
+            time.sleep(1)
+        for svc, text in logs.items():
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            print(f"[{svc}] {lines[-1] if lines else '(no log)'}")
+            # Only the one line (repeated by the restart policy): no traceback, no connection.
+            assert lines and all(ln.startswith(expected[svc]) for ln in lines), lines[-5:]
+            assert "accepted:" in lines[-1]
+            assert codes[svc] == 2  # settings' exit status, seen between restarts
+    finally:
+        set_env(s, CPU_CONCURRENCY="auto", IO_CONCURRENCY="200")
+        s.up()
+
+
+def test_non_json_and_pickled_messages_are_rejected_and_workers_keep_serving(faults):
+    tag = "raw"
+    restarts = {svc: faults.container(svc)["RestartCount"] for svc in ("worker-cpu", "worker-io")}
+    faults.tool_run("raw", tag)
+    time.sleep(3)
+    for svc in restarts:
+        faults.wait_healthy(svc)
+    for queue, service in (("cpu", "worker-cpu"), ("io", "worker-io")):
+        batch = f"after-raw-{queue}"
+        faults.submit(batch, f"{queue}.noop", 20, [])
+        faults.report(f"after raw bad messages ({queue})", service, batch, 20, timeout=120)
+        logs = faults.logs(service)
+        refused = [
+            ln for ln in logs.splitlines() if "pickle" in ln.lower() or "decode" in ln.lower()
+        ]
+        print(f"[{service}] " + "\n  ".join(refused[:6]))
+        assert re.search(r"untrusted content of type pickle", logs), "pickle not refused"
+        assert "Can't decode message body" in logs and "b'{not json'" in logs, "bad JSON not logged"
+        # Known gap (kombu 5.7): a list entry that is not even a JSON envelope raises in the
+        # transport itself: "Unrecoverable error", the worker exits and the restart policy
+        # brings it back. Reported, not asserted away.
+        crashed = faults.container(service)["RestartCount"] - restarts[service]
+        print(f"[{service}] restarts caused by the non-JSON list entry: {crashed}")
+        # The exploit would have created this file had the worker unpickled the body.
+        probe = faults.stack.compose("exec", "-T", service, "test", "-e", "/tmp/pwned", check=False)
+        assert probe.returncode == 1, "the pickled payload ran"
+    state = faults.tool_run("wait", tag, "0", "0")
+    assert state["queued"] == {"cpu": 0, "io": 0}, "bad messages are stuck in a queue"
+
+
+# --- security -------------------------------------------------------------------------------
+
+
+def test_no_secret_from_env_in_the_image(faults):
+    s = faults.stack
+    secrets = [s.env["REDIS_PASSWORD"], s.env["FLOWER_PASSWORD"]]
+    assert all(len(x) >= 20 for x in secrets)
+    image = f"{s.path.name}:{s.env['IMAGE_TAG']}"
+    history = run(["docker", "history", "--no-trunc", image], cwd=None).stdout
+    inspect = run(["docker", "image", "inspect", image], cwd=None).stdout
+    assert "home/app" in inspect  # the right image was inspected
+    for secret in secrets:
+        assert secret not in history and secret not in inspect
+
+    def scan(patterns: list[str]) -> subprocess.CompletedProcess:
+        # Patterns come on stdin, so they are in no file and no command line of the scan.
+        return subprocess.run(
+            ["docker", "run", "--rm", "-i", "--user", "0", "--network", "none",
+             "--entrypoint", "grep", image, "-rlF", "-f", "-", "/",
+             "--exclude-dir=proc", "--exclude-dir=sys", "--exclude-dir=dev"],
+            input="\n".join(patterns) + "\n", capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    control = scan(["worker_soft_shutdown_timeout"])
+    assert control.returncode == 0 and "worker.py" in control.stdout, "the scan finds nothing"
+    found = scan(secrets)
+    assert found.returncode == 1, f"secret found in image files: {found.stdout}"
+
+
+def test_stack_refuses_anonymous_access_runs_as_non_root_on_loopback(faults):
+    s = faults.stack
+    assert s.flower("/api/workers", auth=False)[0] == 401
+    denied = s.compose(
+        "exec", "-T", "redis", "env", "-u", "REDISCLI_AUTH", "redis-cli", "ping", check=False
+    )
+    assert "NOAUTH" in denied.stdout + denied.stderr
+    for svc in s.services():
+        uid = s.compose("exec", "-T", svc["Service"], "id", "-u").stdout.strip()
+        assert uid != "0", f"{svc['Service']} runs as root"
+        for port in svc.get("Publishers") or []:
+            if port["PublishedPort"]:
+                assert port["URL"] == "127.0.0.1", port
+    # After the kills above, the restarted containers still run as the image's user.
+    sent = faults.tool_run("wait", "none", "0", "0")
+    assert sent["queued"] == {"cpu": 0, "io": 0}
+
+
+# --- 2. the broker goes away ----------------------------------------------------------------
+
+REDIS_PID = (
+    "for d in /proc/[0-9]*; do "
+    '[ "$(cat $d/comm 2>/dev/null)" = redis-server ] && echo ${d#/proc/}; done'
+)
+
+
+@pytest.mark.parametrize("how", ["compose restart", "kill -9"])
+def test_redis_goes_down_with_thousands_queued(faults, how):
+    s, n = faults.stack, 2000
+    tag = "redis-" + how.split()[-1].strip("-")
+    for queue in ("cpu", "io"):
+        faults.submit(f"{tag}-{queue}", f"{queue}.noop", n, [])
+    queued = faults.tool_run("wait", tag, "0", "0")["queued"]
+    before = faults.container("redis")
+    if how == "compose restart":
+        s.compose("restart", "redis")
+    else:
+        (pid,) = s.compose("exec", "-T", "redis", "sh", "-c", REDIS_PID).stdout.split()
+        faults.kill("redis", int(pid))
+    after = faults.wait_healthy("redis")
+    assert after["State"]["StartedAt"] != before["State"]["StartedAt"], "redis did not restart"
+    print(f"\n[{how}] queued when Redis went down: {queued}")
+    gaps = []
+    for queue, service in (("cpu", "worker-cpu"), ("io", "worker-io")):
+        try:
+            faults.report(
+                f"redis {how}, {queue} backlog",
+                service,
+                f"{tag}-{queue}",
+                n,
+                150,
+                broker_restart=True,
+            )
+        except pytest.xfail.Exception as gap:
+            gaps.append(f"{queue}: {gap}")
+    # Workers and Flower came back by themselves: Flower reaches both workers, and sees the
+    # events of a task sent now.
+    deadline, seen = time.monotonic() + 120, set()
+    while time.monotonic() < deadline and seen != {"cpu", "io"}:
+        time.sleep(2)  # reconnects are asynchronous: give Flower's broadcast a few tries
+        seen = {name.split("@")[0] for name in s.workers()}
+    assert seen == {"cpu", "io"}
+    probe = f"{tag}-flower"
+    faults.submit(probe, "io.noop", 1, [])
+    deadline, info = time.monotonic() + 120, (0, None)
+    while time.monotonic() < deadline:
+        info = s.flower(f"/api/task/info/{probe}-0")
+        if info[0] == 200 and info[1].get("state") == "SUCCESS":
+            break
+        time.sleep(2)
+    assert info[0] == 200 and info[1]["state"] == "SUCCESS", info
+    if gaps:
+        pytest.xfail("; ".join(gaps))
+
+
+# --- 3. graceful stop -----------------------------------------------------------------------
+
+
+def test_stop_worker_cpu_while_long_tasks_run(faults):
+    """Prefork soft shutdown: tasks get CPU_SOFT_SHUTDOWN_TIMEOUT to finish, the rest are
+    re-queued at once and run after the restart; Docker never needs its SIGKILL."""
+    s, tag, n = faults.stack, "stop-cpu", 6
+    faults.submit(tag, "cpu.count_primes", n, [3_000_000])
+    faults.wait_for_received("worker-cpu", tag, 2)
+    time.sleep(1)
+    s.compose("stop", "worker-cpu", timeout=120)
+    state = faults.container("worker-cpu")["State"]
+    logs = faults.logs("worker-cpu")
+    print(f"\nworker-cpu stopped: exit {state['ExitCode']}, OOMKilled {state['OOMKilled']}")
+    assert state["Status"] == "exited" and state["ExitCode"] != 137, state  # 137: SIGKILL
+    assert "Initiating Soft Shutdown" in logs
+    s.compose("start", "worker-cpu")
+    faults.wait_healthy("worker-cpu")
+    faults.report("compose stop worker-cpu mid-task, start", "worker-cpu", tag, n, 300)
+
+
+# --- 4. the producer while Redis is down ----------------------------------------------------
+
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+def test_producer_while_redis_is_down(faults):
+    """Redis stops mid-publish: the producer retries for a bounded time, exits 1 with one clear
+    line, and every task it counted as sent still runs once Redis is back."""
+    s, total = faults.stack, 30_000
+    producer = subprocess.Popen(
+        ["docker", "compose", "-p", s.name, "run", "--rm", "-T", "--no-deps", "producer",
+         "--cpu", "0", "--io", str(total), "--io-delay", "0", "--json"],
+        cwd=s.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            depth = s.compose("exec", "-T", "redis", "redis-cli", "llen", "io", check=False)
+            if depth.stdout.strip().isdigit() and int(depth.stdout) > 2000:
+                break
+            time.sleep(0.2)
+        s.compose("stop", "redis")
+        down_at = time.monotonic()
+        out, err = producer.communicate(timeout=300)
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+    gave_up = time.monotonic() - down_at
+    s.compose("start", "redis")
+    faults.wait_healthy("redis")
+    print(
+        f"\nproducer exit {producer.returncode} {gave_up:.1f} s after Redis stopped: {err.strip()}"
+    )
+    assert producer.returncode == 1, out + err
+    match = re.search(rf"cannot publish to Redis \(.+\); (\d+) of {total} tasks were sent", err)
+    assert match, err
+    sent = int(match.group(1))
+    assert 0 < sent < total
+    # The producer's tasks carry random ids; no other test here sends wait_on_api that way.
+    pattern = rf"wait_on_api\[({UUID})\] succeeded in"
+    deadline, done = time.monotonic() + 600, Counter()
+    while time.monotonic() < deadline:
+        done = Counter(re.findall(pattern, faults.logs("worker-io")))
+        if len(done) >= sent:
+            break
+        time.sleep(5)
+    lost = max(0, sent - len(done))
+    line = (
+        f"{'producer vs Redis down (reported sent)':<44} {sent:>9} {len(done):>9} {lost:>5} "
+        f"{sum(1 for c in done.values() if c > 1):>5} {'-':>7}"
+    )
+    ROWS.append(line)
+    print(f"{HEADER}\n{line}")
+    assert lost == 0
+
+
+# --- 5. load --------------------------------------------------------------------------------
+
+
+def memory_mib(names: list[str]) -> dict[str, float]:
+    out = run(
+        ["docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", *names],
+        cwd=None,
+    ).stdout
+    units = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}
+    usage = {}
+    for line in out.splitlines():
+        name, used = line.split()[0], line.split()[1]
+        value, unit = re.fullmatch(r"([\d.]+)(\w+)", used).groups()
+        usage[name] = float(value) * units.get(unit, 1 / 1024**2)
+    return usage
+
+
+def test_load_100k_tasks_drained_memory_bounded(faults):
+    per_queue = 50_000
+    names = [faults.container(svc)["Name"].lstrip("/") for svc in ("worker-cpu", "worker-io")]
+    baseline = memory_mib(names)
+    started = time.monotonic()
+    senders = [
+        faults.popen_tool("submit", f"load-{q}", f"{q}.noop", str(per_queue), "[]")
+        for q in ("cpu", "io")
+    ]
+    peak = dict(baseline)
+    done = {}
+    deadline = started + 900
+    while time.monotonic() < deadline:
+        time.sleep(10)
+        for name, mib in memory_mib(names).items():
+            peak[name] = max(peak[name], mib)
+        if any(p.poll() is None for p in senders):
+            continue
+        done = {q: faults.tool_run("wait", f"load-{q}", str(per_queue), "0") for q in ("cpu", "io")}
+        if all(d["states"].get("SUCCESS", 0) == per_queue for d in done.values()):
+            break
+    elapsed = time.monotonic() - started
+    for p in senders:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    print(
+        f"\n100,000 tasks submitted and drained in {elapsed:.0f} s "
+        f"({2 * per_queue / elapsed:.0f} tasks/s end to end, events and results on)"
+    )
+    print(
+        "worker memory MiB, idle -> peak: "
+        + ", ".join(f"{n}: {baseline[n]:.0f} -> {peak[n]:.0f}" for n in names)
+    )
+    for queue, service in (("cpu", "worker-cpu"), ("io", "worker-io")):
+        faults.report(f"load 50,000 noop ({queue})", service, f"load-{queue}", per_queue, 60)
+    # Bounded: far below the host's memory; prefork children are also capped per process.
+    assert all(mib < 1024 for mib in peak.values()), peak
