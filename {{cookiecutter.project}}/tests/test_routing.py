@@ -75,7 +75,9 @@ def test_unknown_worker_kind_is_refused():
 
 
 def test_prefork_gets_soft_shutdown_on_its_command_line_only():
-    settings = Settings(redis_url="redis://:pw@r:6379/0", cpu_soft_shutdown_timeout=40)
+    settings = Settings(
+        redis_url="redis://:pw@r:6379/0", cpu_pool="prefork", cpu_soft_shutdown_timeout=40
+    )
     cpu = worker_argv("cpu", settings)
     assert cpu[-2:] == ["--", "worker_soft_shutdown_timeout=40"]
     assert worker_env("cpu", settings)["REMAP_SIGTERM"] == "SIGQUIT"
