@@ -69,39 +69,48 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
             proc.wait()
 
 
+class RedisServer:
+    """A redis-server that can be stopped and started again on the same port."""
+
+    def __init__(self, workdir: Path, appendonly: bool = False):
+        server = shutil.which("redis-server")
+        if server is None:
+            pytest.fail(
+                "redis-server not found: install it (apt-get install redis-server) "
+                "or set TEST_REDIS_URL"
+            )
+        self.port, password = free_port(), secrets.token_urlsafe(24)
+        self.cmd = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "yes" if appendonly else "no", "--requirepass", password, "--dir", str(workdir)]  # fmt: skip
+        self.url = f"redis://:{password}@127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL)
+        wait_until(lambda: port_open(self.port), 10, "redis-server")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> Iterator[str]:
     if os.environ.get("TEST_REDIS_URL"):
         yield os.environ["TEST_REDIS_URL"]
         return
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail(
-            "redis-server not found: install it (apt-get install redis-server) or set TEST_REDIS_URL"
-        )
-    port, password = free_port(), secrets.token_urlsafe(24)
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--requirepass",
-            password,
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    wait_until(lambda: port_open(port), 10, "redis-server")
-    yield f"redis://:{password}@127.0.0.1:{port}/0"
-    stop(proc)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, to stop and start; persistent, as in compose."""
+    server = RedisServer(tmp_path, appendonly=True).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,8 @@ def make_app() -> Celery:
     )
     app.conf.update(
         broker_url=settings.broker_url,
+        # kombu's Redis transport with two delivery gaps closed: see broker.py.
+        broker_transport="{{ cookiecutter.package }}.broker:Transport",
         result_backend=settings.broker_url,
         # JSON only: a pickled message could run arbitrary code in the worker.
         task_serializer="json",
