@@ -1,11 +1,36 @@
-"""The transport's two delivery fixes (broker.py), against real Redis."""
+"""The transport's delivery fixes (broker.py), against real Redis."""
 
+import base64
+import json
 import threading
 
+import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
+from {{ cookiecutter.package }} import broker
 from {{ cookiecutter.package }}.broker import REJECTED_KEY, Transport
+
+# As the app configures it: one list per queue, which lets the worker take with BLMOVE.
+OPTIONS = {"priority_steps": [0]}
+
+
+def connect(url: str) -> Connection:
+    return Connection(url, transport=Transport, transport_options=OPTIONS)
+
+
+def publish(conn: Connection, queue: Queue, *bodies) -> None:
+    producer = conn.Producer(conn.default_channel)
+    for body in bodies:
+        producer.publish(body, exchange=queue.exchange, routing_key=queue.routing_key,
+                         declare=[queue])  # fmt: skip
+
+
+def consume(conn: Connection, queue: Queue, no_ack: bool = False, wait: float = 5) -> list:
+    got = []
+    with conn.Consumer(queue, callbacks=[lambda body, m: got.append(m)], no_ack=no_ack):
+        conn.drain_events(timeout=wait)
+    return got
 
 
 def test_message_taken_as_redis_restarts_is_still_recorded(private_redis):
@@ -30,6 +55,119 @@ def test_message_taken_as_redis_restarts_is_still_recorded(private_redis):
         # Unacknowledged, it goes back to the queue: at least once, not lost.
         channel.qos.restore_unacked()
         assert client.llen("gap") == 1
+
+
+def test_tasks_settled_after_the_connection_is_lost(private_redis):
+    """A channel closing while Redis is down, and a task acknowledged on it afterwards:
+    kombu's own transport raised out of the worker at either point."""
+    queue = Queue("lost", Exchange("lost"), routing_key="lost")
+    with Connection(private_redis.url, transport=Transport) as conn:
+        channel = conn.channel()
+        producer = conn.Producer(channel)
+        for n in (1, 2):
+            producer.publish({"n": n}, exchange=queue.exchange, routing_key="lost", declare=[queue])
+        done, unfinished = channel.basic_get("lost"), channel.basic_get("lost")
+        private_redis.stop()
+        channel.close()  # tries to put both back on the queue
+        done.ack()  # finished after the loss
+    private_redis.start()
+    with Connection(private_redis.url, transport=Transport) as conn:
+        conn.channel()  # the next channel settles both
+    client = redis.Redis.from_url(private_redis.url)
+    assert client.hlen("unacked") == 0
+    queued = [json.loads(raw)["body"] for raw in client.lrange("lost", 0, -1)]
+    assert [json.loads(base64.b64decode(body)) for body in queued] == [unfinished.payload]
+
+
+def test_taken_then_recorded_in_one_transaction(private_redis):
+    """A worker takes a message into <queue>.taken and, recording it as unacknowledged,
+    removes it from there: no moment where the message is in neither place."""
+    queue = Queue("one", Exchange("one"), routing_key="one")
+    client = redis.Redis.from_url(private_redis.url)
+    with connect(private_redis.url) as conn:
+        publish(conn, queue, {"n": 1})
+        channel = conn.default_channel
+        seen = {}
+        record = channel.qos.append
+
+        def append(message, tag):  # the moment between the two commands
+            seen["taken"], seen["queued"] = client.llen("one.taken"), client.llen("one")
+            return record(message, tag)
+
+        channel.qos.append = append
+        (message,) = consume(conn, queue)
+        assert seen == {"taken": 1, "queued": 0}
+        assert client.llen("one.taken") == 0 and client.hexists("unacked", message.delivery_tag)
+        message.ack()
+    assert client.hlen("unacked") == 0
+
+
+def test_redis_restart_between_take_and_record(private_redis):
+    """The gap that lost 1 of 2,000 tasks in kombu's transport, on the worker's own path."""
+    queue = Queue("gap2", Exchange("gap2"), routing_key="gap2")
+    with connect(private_redis.url) as conn:
+        publish(conn, queue, {"n": 1})
+        channel, restart = conn.default_channel, threading.Timer(1.5, private_redis.start)
+        record = channel.qos.append
+
+        def append(message, tag):
+            private_redis.stop()
+            restart.start()
+            return record(message, tag)
+
+        channel.qos.append = append
+        try:
+            (message,) = consume(conn, queue)
+        finally:
+            restart.join()
+        client = redis.Redis.from_url(private_redis.url)
+        assert client.llen("gap2.taken") == 0 and client.llen("gap2") == 0
+        assert client.hexists("unacked", message.delivery_tag)
+    # Closed without an ack (the worker went away): back on the queue, not lost.
+    assert client.llen("gap2") == 1 and client.hlen("unacked") == 0
+
+
+def test_entry_left_in_taken_goes_back_after_the_grace(private_redis, monkeypatch):
+    """A worker killed (or a reply lost) between taking and recording leaves the message in
+    <queue>.taken: a sweep puts it back once it has stayed there TAKEN_GRACE seconds."""
+    queue = Queue("left", Exchange("left"), routing_key="left")
+    client = redis.Redis.from_url(private_redis.url)
+    with connect(private_redis.url) as conn:
+        publish(conn, queue, {"n": 7})
+        client.lmove("left", "left.taken", "RIGHT", "LEFT")  # as BLMOVE, then the worker dies
+        monkeypatch.setattr(broker, "SWEEP_EVERY", 0)
+        with conn.Consumer(queue, callbacks=[]):
+            channel = conn.default_channel
+            channel.sweep_taken()  # first seen now: too young to put back
+            assert (client.llen("left.taken"), client.llen("left")) == (1, 0)
+            monkeypatch.setattr(broker, "TAKEN_GRACE", 0)
+            channel.sweep_taken()
+            assert (client.llen("left.taken"), client.llen("left")) == (0, 1)
+        (message,) = consume(conn, queue)
+        assert message.payload == {"n": 7}
+
+
+@pytest.mark.parametrize("body", ["this is not JSON", "[1, 2]"])
+def test_rejected_entry_leaves_nothing_in_taken(private_redis, body):
+    queue = Queue("bad", Exchange("bad"), routing_key="bad")
+    client = redis.Redis.from_url(private_redis.url)
+    client.lpush("bad", body)
+    with connect(private_redis.url) as conn:
+        assert consume(conn, queue) == []
+    assert client.lrange(REJECTED_KEY, 0, -1) == [body.encode()]
+    assert client.llen("bad.taken") == 0 and client.llen("bad") == 0
+
+
+def test_no_ack_consumers_use_plain_brpop(private_redis):
+    """Nothing records a no_ack message, so it must not go through <queue>.taken (replies to
+    `celery inspect` would pile up there)."""
+    queue = Queue("replies", Exchange("replies"), routing_key="replies")
+    client = redis.Redis.from_url(private_redis.url)
+    with connect(private_redis.url) as conn:
+        publish(conn, queue, {"n": 1})
+        (message,) = consume(conn, queue, no_ack=True)
+    assert message.payload == {"n": 1}
+    assert client.keys("*.taken") == [] and client.hlen("unacked") == 0
 
 
 ENTRIES = ["this is not JSON", "[1, 2]", '{"body": "no properties"}']
