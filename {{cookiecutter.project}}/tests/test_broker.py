@@ -170,6 +170,20 @@ def test_no_ack_consumers_use_plain_brpop(private_redis):
     assert client.keys("*.taken") == [] and client.hlen("unacked") == 0
 
 
+def test_the_stacks_workers_take_with_blmove(redis_url, workers, run_producer):
+    """The workers run broker.py's path: BLMOVE, never kombu's BRPOP."""
+    client = redis.Redis.from_url(redis_url)
+
+    def calls(command: str) -> int:
+        return client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
+
+    before = calls("blmove"), calls("brpop")
+    proc = run_producer("--cpu", "2", "--io", "4", "--cpu-limit", "1000", "--io-delay", "0")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    blmove, brpop = calls("blmove") - before[0], calls("brpop") - before[1]
+    assert blmove >= 6 and brpop == 0, (blmove, brpop)
+
+
 ENTRIES = ["this is not JSON", "[1, 2]", '{"body": "no properties"}']
 
 
