@@ -3,6 +3,7 @@
 import base64
 import json
 import threading
+import time
 
 import pytest
 import redis
@@ -136,6 +137,7 @@ def test_entry_left_in_taken_goes_back_after_the_grace(private_redis, monkeypatc
         publish(conn, queue, {"n": 7})
         client.lmove("left", "left.taken", "RIGHT", "LEFT")  # as BLMOVE, then the worker dies
         monkeypatch.setattr(broker, "SWEEP_EVERY", 0)
+        monkeypatch.setattr(broker, "TAKEN_SEEN", {})
         with conn.Consumer(queue, callbacks=[]):
             channel = conn.default_channel
             channel.sweep_taken()  # first seen now: too young to put back
@@ -145,6 +147,38 @@ def test_entry_left_in_taken_goes_back_after_the_grace(private_redis, monkeypatc
             assert (client.llen("left.taken"), client.llen("left")) == (0, 1)
         (message,) = consume(conn, queue)
         assert message.payload == {"n": 7}
+
+
+def test_grace_is_not_restarted_by_a_reconnect(private_redis, monkeypatch):
+    """Each reconnect makes a new channel; the time an entry was first seen must carry over,
+    or a worker reconnecting more often than TAKEN_GRACE would never put it back."""
+    queue = Queue("again", Exchange("again"), routing_key="again")
+    client = redis.Redis.from_url(private_redis.url)
+    client.lpush("again.taken", "{}")
+    monkeypatch.setattr(broker, "SWEEP_EVERY", 0)
+    monkeypatch.setattr(broker, "TAKEN_SEEN", {})
+    monkeypatch.setattr(broker, "TAKEN_GRACE", 0.5)
+    for _ in range(2):
+        with connect(private_redis.url) as conn, conn.Consumer(queue, callbacks=[]):
+            conn.default_channel.sweep_taken()
+        time.sleep(0.6)
+    assert client.lrange("again", 0, -1) == [b"{}"] and client.llen("again.taken") == 0
+
+
+def test_busy_worker_sweeps_between_takes(private_redis, monkeypatch):
+    """kombu's restore hook runs only when a worker without an event loop is idle; the taken
+    list is also swept before a take, so a worker that is never idle still puts entries back."""
+    queue = Queue("busy", Exchange("busy"), routing_key="busy")
+    client = redis.Redis.from_url(private_redis.url)
+    monkeypatch.setattr(broker, "SWEEP_EVERY", 0)
+    monkeypatch.setattr(broker, "TAKEN_GRACE", 0)
+    with connect(private_redis.url) as conn:
+        publish(conn, queue, {"n": "stuck"}, {"n": "next"})
+        client.lmove("busy", "busy.taken", "RIGHT", "LEFT")
+        # One message per drain: every take returns at once, the restore hook never runs.
+        got = consume(conn, queue) + consume(conn, queue)
+        assert [m.payload["n"] for m in got] == ["stuck", "next"]
+        assert client.llen("busy.taken") == 0
 
 
 @pytest.mark.parametrize("body", ["this is not JSON", "[1, 2]"])

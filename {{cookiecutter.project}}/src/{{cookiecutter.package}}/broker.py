@@ -9,7 +9,8 @@ Selected in ``celery_app.py`` with ``broker_transport``; every Celery client of 
    2,000 queued tasks in 5 of 6 restarts, measured). Here a worker consuming one queue takes
    the message with BLMOVE into ``<queue>.taken``, persisted like the queue, and removes it
    from there in the same transaction that records it. Whatever stays in ``<queue>.taken``
-   (the reply or the record was lost) goes back on the queue after ``TAKEN_GRACE`` seconds.
+   (the worker died, or the reply or the record was lost) goes back on the queue after
+   ``TAKEN_GRACE`` seconds: every worker of the queue looks every ``SWEEP_EVERY``, busy or idle.
    The record itself is retried while Redis restarts, for up to ``RECORD_RETRY_SECONDS``.
 2. After a lost connection, kombu put the worker's unacknowledged messages back on the queue
    while Redis was still unreachable, and acknowledged tasks that finished later on the
@@ -44,7 +45,7 @@ RECORD_RETRY_PAUSE = 0.5
 TAKEN_SUFFIX = ".taken"
 # Above the record retry, so a message a worker is still recording is never put back.
 TAKEN_GRACE = RECORD_RETRY_SECONDS + 30
-SWEEP_EVERY = 10.0  # seconds; kombu calls the restore hook on every idle poll without a hub
+SWEEP_EVERY = 10.0  # seconds between looks at <queue>.taken, busy or idle
 
 # Put an entry of <queue>.taken back on the queue, unless another worker already did.
 PUT_BACK = """
@@ -54,6 +55,10 @@ if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
 end
 return 0
 """
+
+# Entry digest -> when this process first saw it in a taken list. Per process, not per channel:
+# a channel is replaced on every reconnect, and the grace must not start over each time.
+TAKEN_SEEN: dict[str, float] = {}
 
 # Delivery tags this process could not settle in Redis; the next channel does it.
 PENDING_RESTORE: set[str] = set()  # back on the queue
@@ -155,7 +160,6 @@ class Channel(kombu_redis.Channel):
         self._acked: set[str] = set()  # queues consumed with acknowledgements
         self._taking: str | None = None  # queue of the BLMOVE in flight
         self._taken: tuple[str, int, str] | None = None  # (list, count, entry) for LREM
-        self._seen: dict[str, float] = {}  # entry digest -> first time this sweep saw it
         self._swept_at = 0.0
         super().__init__(*args, **kwargs)  # has reached Redis (kombu pings it)
         self.qos.settle_pending()
@@ -182,6 +186,7 @@ class Channel(kombu_redis.Channel):
         queue = self._single_queue()
         if queue is None:
             return super()._brpop_start(timeout)
+        self._sweep_between_takes()
         self._taking = queue
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
@@ -237,22 +242,34 @@ class Channel(kombu_redis.Channel):
                 pipe.lrem(*taken)
             pipe.execute()
 
+    def _sweep_between_takes(self) -> None:
+        # kombu's restore hook runs only when the worker is idle (gevent, threads, solo): a
+        # worker busy for hours must still sweep. Never between a take and its record.
+        try:
+            self.sweep_taken()
+        except self.connection_errors as exc:
+            logger.debug("sweep of the taken list skipped: %r", exc)
+
     def sweep_taken(self) -> None:
         """Put back entries that stayed in <queue>.taken for TAKEN_GRACE seconds."""
-        queue, now = self._single_queue(), time.time()
+        queue, now = self._single_queue(), time.monotonic()
         if queue is None or now - self._swept_at < SWEEP_EVERY:
             return
-        self._swept_at, seen = now, {}
+        self._swept_at = now
+        taken = queue + TAKEN_SUFFIX
         with self.conn_or_acquire() as client:
+            entries = {f"{taken}:{hashlib.sha256(raw).hexdigest()}": raw
+                       for raw in client.lrange(taken, 0, -1)}  # fmt: skip
+            # Forget entries that left the list (recorded, or put back by another worker).
+            for key in [k for k in TAKEN_SEEN if k.startswith(f"{taken}:") and k not in entries]:
+                del TAKEN_SEEN[key]
             put_back = client.register_script(PUT_BACK)
-            for raw in client.lrange(queue + TAKEN_SUFFIX, 0, -1):
-                digest = hashlib.sha256(raw).hexdigest()
-                seen[digest] = self._seen.get(digest, now)
-                if now - seen[digest] >= TAKEN_GRACE:
-                    if put_back(keys=[queue + TAKEN_SUFFIX, queue], args=[raw]):
-                        logger.warning("put back a task taken but never recorded: %.80r", raw)
-                    del seen[digest]
-        self._seen = seen
+            for key, raw in entries.items():
+                if now - TAKEN_SEEN.setdefault(key, now) < TAKEN_GRACE:
+                    continue
+                del TAKEN_SEEN[key]
+                if put_back(keys=[taken, queue], args=[raw]):
+                    logger.warning("put back a task taken but never recorded: %.80r", raw)
 
 
 class Transport(kombu_redis.Transport):
