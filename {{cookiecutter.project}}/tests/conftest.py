@@ -36,6 +36,8 @@ STACK_VARS = (
     "LOG_LEVEL",
     "TASK_TIME_LIMIT",
     "VISIBILITY_TIMEOUT",
+    "IO_MAX_RETRIES",
+    "RETRY_BACKOFF_BASE",
 )
 
 
@@ -138,6 +140,8 @@ def stack_env(redis_url, demo_api_url) -> dict[str, str]:
     env.update(
         REDIS_URL=redis_url, DEMO_API_URL=demo_api_url, IO_CONCURRENCY="200", CPU_CONCURRENCY="2"
     )
+    # Retries of failing I/O tasks: 3 waits of ~0.25..2 s, so a test sees them all quickly.
+    env.update(IO_MAX_RETRIES="3", RETRY_BACKOFF_BASE="0.5")
     return env
 
 
@@ -198,3 +202,22 @@ def run_producer(stack_env, workers):
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def celery_client(stack_env, workers):
+    """A Celery client of the running stack: the app's routing and serializers, its Redis.
+
+    The app module itself was configured at import with the unit tests' placeholder URL.
+    """
+    from celery import Celery
+
+    from {{ cookiecutter.package }}.celery_app import app
+
+    client = Celery("{{ cookiecutter.package }}", set_as_current=False)
+    shared = ("broker_transport", "task_queues", "task_routes", "task_default_queue",
+              "task_serializer", "result_serializer", "accept_content", "result_accept_content")  # fmt: skip
+    client.conf.update({name: app.conf[name] for name in shared})
+    client.conf.update(broker_url=stack_env["REDIS_URL"], result_backend=stack_env["REDIS_URL"])
+    yield client
+    client.close()

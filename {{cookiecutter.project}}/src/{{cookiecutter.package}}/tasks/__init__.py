@@ -8,6 +8,9 @@ import time
 
 from {{ cookiecutter.package }}.celery_app import RUNTIME
 
+# Every process that runs tasks records their final failures in the dead-letter queue.
+from {{ cookiecutter.package }}.deadletter import record as _record_failures  # noqa: F401
+
 
 def run_info(task, started: float, cpu_started: float) -> dict:
     """What every example task returns: where and how it ran, from its own clock."""
