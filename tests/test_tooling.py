@@ -19,6 +19,10 @@ MAKE_TARGETS = {
     "bench": "uv run --locked --group bench python -m task_queue.bench",
     "producer": "docker compose run --rm producer",
     "shell": "docker compose exec worker-cpu bash",
+    "pipeline": "docker compose run --rm producer pipeline",
+    "dlq-list": "docker compose run --rm --entrypoint python producer -m task_queue.deadletter list",
+    "dlq-requeue": "--entrypoint python producer -m task_queue.deadletter requeue",
+    "dlq-purge": "--entrypoint python producer -m task_queue.deadletter purge",
 }
 
 
