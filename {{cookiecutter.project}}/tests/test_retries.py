@@ -19,7 +19,12 @@ import redis
 import urllib3
 
 from {{ cookiecutter.package }}.deadletter import KEY
-from {{ cookiecutter.package }}.retries import HTTPStatusError, TransientHTTPError, backoff, check_status
+from {{ cookiecutter.package }}.retries import (
+    HTTPStatusError,
+    TransientHTTPError,
+    backoff,
+    check_status,
+)
 
 FETCH = "{{ cookiecutter.package }}.tasks.io.fetch"
 MAX_RETRIES, BASE = 3, 0.5  # as set in conftest's stack_env
@@ -125,7 +130,12 @@ def test_4xx_fails_at_once_and_is_dead_lettered(celery_client, demo_api_url, dlq
 
 def deadletter(env, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package }}.deadletter", *args],
+        [
+            sys.executable,
+            "-m",
+            "{{ cookiecutter.package }}.deadletter",
+            *args,
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -88,7 +88,10 @@ def beat_argv(settings: Settings) -> list[str]:
 def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
     if args:
-        print("usage: python -m {{ cookiecutter.package }}.beat (no arguments)", file=sys.stderr)
+        print(
+            "usage: python -m {{ cookiecutter.package }}.beat (no arguments)",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     argv = beat_argv(get_settings())
     os.execv(argv[0], argv)  # noqa: S606 - become Celery beat, signals reach it directly

@@ -90,15 +90,14 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-USAGE = (
-    "usage: python -m {{ cookiecutter.package }}.deadletter list [--json] | requeue ID...|--all | purge ID...|--all"
-)
+PROG = "python -m {{ cookiecutter.package }}.deadletter"
+USAGE = "list [--json] | requeue ID...|--all | purge ID...|--all"
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         # One line: what was wrong, then what is accepted.
-        print(f"error: {message}; {USAGE}", file=sys.stderr)
+        print(f"error: {message}; usage: {PROG} {USAGE}", file=sys.stderr)
         raise SystemExit(2)
 
 

@@ -9,7 +9,11 @@ import time
 import urllib3
 
 from {{ cookiecutter.package }}.celery_app import app
-from {{ cookiecutter.package }}.retries import TRANSIENT, check_status, retry_or_fail
+from {{ cookiecutter.package }}.retries import (
+    TRANSIENT,
+    check_status,
+    retry_or_fail,
+)
 from {{ cookiecutter.package }}.settings import get_settings
 from {{ cookiecutter.package }}.tasks import cpu_clock, run_info
 
