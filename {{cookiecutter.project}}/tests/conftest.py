@@ -204,9 +204,8 @@ def run_producer(stack_env, workers):
     return run
 
 
-@pytest.fixture(scope="session")
-def celery_client(stack_env, workers):
-    """A Celery client of the running stack: the app's routing and serializers, its Redis.
+def make_client(redis_url: str):
+    """A Celery client with the app's routing and serializers, on ``redis_url``.
 
     The app module itself was configured at import with the unit tests' placeholder URL.
     """
@@ -218,6 +217,13 @@ def celery_client(stack_env, workers):
     shared = ("broker_transport", "task_queues", "task_routes", "task_default_queue",
               "task_serializer", "result_serializer", "accept_content", "result_accept_content")  # fmt: skip
     client.conf.update({name: app.conf[name] for name in shared})
-    client.conf.update(broker_url=stack_env["REDIS_URL"], result_backend=stack_env["REDIS_URL"])
+    client.conf.update(broker_url=redis_url, result_backend=redis_url)
+    return client
+
+
+@pytest.fixture(scope="session")
+def celery_client(stack_env, workers):
+    """A Celery client of the running stack."""
+    client = make_client(stack_env["REDIS_URL"])
     yield client
     client.close()

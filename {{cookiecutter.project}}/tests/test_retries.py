@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 
@@ -18,6 +19,7 @@ import pytest
 import redis
 import urllib3
 
+from conftest import Worker, make_client, stop, wait_until
 from {{ cookiecutter.package }}.deadletter import KEY
 from {{ cookiecutter.package }}.retries import (
     HTTPStatusError,
@@ -199,3 +201,44 @@ def test_purge_drops_only_the_named_entry(celery_client, demo_api_url, dlq, stac
     assert (proc.returncode, proc.stdout.strip()) == (0, "purged 1 entry"), proc
     assert dlq.hget(KEY, results[0].id) is None
     assert dlq.hget(KEY, results[1].id) is not None
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_run_loses_and_duplicates_nothing_in_the_dlq(
+    private_redis, stack_env, demo_api_url, tmp_path
+):
+    """kill -9 of the io worker while poison tasks retry; a new worker finishes them.
+
+    Retries waiting in the killed worker come back after VISIBILITY_TIMEOUT (60 s here).
+    """
+    env = {**stack_env, "REDIS_URL": private_redis.url}
+    env.update(VISIBILITY_TIMEOUT="60", TASK_TIME_LIMIT="30", RETRY_BACKOFF_MAX="10")
+    client, dlq_client = make_client(private_redis.url), redis.Redis.from_url(private_redis.url)
+    first = Worker("io", env, tmp_path)
+    wait_until(first.ready, 120, "io worker")
+    poison = [flaky(demo_api_url, fail=1000) for _ in range(20)]
+    sent = {client.send_task(FETCH, args=[url]).id for _, url in poison}
+    # Kill once every task has been tried and none has used up its retries yet.
+    wait_until(lambda: all(hits(demo_api_url, key) for key, _ in poison), 120, "first attempts")
+    at_kill = dlq_client.hlen(KEY)
+    first.proc.kill()
+    first.proc.wait()
+
+    (tmp_path / "second").mkdir()
+    second = Worker("io", env, tmp_path / "second")
+    try:
+        wait_until(second.ready, 120, "second io worker")
+        wait_until(lambda: dlq_client.hlen(KEY) >= len(sent), 400, "every task dead-lettered")
+        time.sleep(3)  # a duplicate would land now, beside its first entry
+        recorded = {k.decode(): json.loads(v) for k, v in dlq_client.hgetall(KEY).items()}
+    finally:
+        stop(second.proc)
+        client.close()
+    calls = [len(hits(demo_api_url, key)) for key, _ in poison]
+    print(
+        f"dead-letter after kill -9: {len(sent)} poison tasks, {at_kill} recorded before the "
+        f"kill, {len(recorded)} after; calls per task {min(calls)}..{max(calls)}"
+    )
+    assert set(recorded) == sent  # none lost, none extra
+    assert all(entry["attempts"] == MAX_RETRIES + 1 for entry in recorded.values())
+    assert min(calls) >= MAX_RETRIES + 1
