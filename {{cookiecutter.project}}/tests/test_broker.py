@@ -14,6 +14,7 @@ import redis
 from kombu import Connection, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
+from conftest import wait_until
 from {{ cookiecutter.package }} import broker, broker_compat
 from {{ cookiecutter.package }}.broker import REJECTED_KEY, Transport
 from {{ cookiecutter.package }}.celery_app import app
@@ -264,10 +265,23 @@ def test_failed_ack_on_a_live_channel_is_settled_without_a_reconnect(private_red
         private_redis.stop()
         message.ack()  # deferred
         private_redis.start()
+        wait_until(lambda: redis_answers(client), 30, "redis-server loading its AOF")
         assert client.hexists("unacked", message.delivery_tag)
-        channel.qos.restore_visible()  # what the worker's timer (or an idle poll) calls
-        assert client.hlen("unacked") == 0 and conn.default_channel is channel
+
+        def settled() -> bool:
+            channel.qos.restore_visible()  # what the worker's timer (or an idle poll) calls
+            return client.hlen("unacked") == 0
+
+        wait_until(settled, 30, "the deferred ack")
+        assert conn.default_channel is channel
     assert broker.STATE.acks == set()
+
+
+def redis_answers(client: redis.Redis) -> bool:
+    try:
+        return client.ping()
+    except redis.exceptions.BusyLoadingError:
+        return False
 
 
 def test_a_tag_that_keeps_failing_stays_pending_and_channels_still_open(private_redis, caplog):
