@@ -14,10 +14,11 @@ import redis
 from kombu import Connection, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
-from conftest import wait_until
 from {{ cookiecutter.package }} import broker, broker_compat
 from {{ cookiecutter.package }}.broker import REJECTED_KEY, Transport
 from {{ cookiecutter.package }}.celery_app import app
+
+from conftest import wait_until
 
 # As the app configures it: one list per queue, which lets the worker take with BLMOVE.
 OPTIONS = {"priority_steps": [0]}
