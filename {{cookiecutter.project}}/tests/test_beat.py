@@ -22,10 +22,11 @@ from celery import Celery
 from celery.schedules import schedule
 from redbeat import RedBeatSchedulerEntry
 
-from conftest import stop, wait_until
 from {{ cookiecutter.package }}.celery_app import BEAT_SCHEDULE, app
 from {{ cookiecutter.package }}.health import heartbeat_ok
 from {{ cookiecutter.package }}.settings import Settings, describe_errors
+
+from conftest import stop, wait_until
 
 LOOP = 1  # BEAT_MAX_LOOP_INTERVAL in these tests
 LOCK_TIMEOUT = 5  # BEAT_LOCK_TIMEOUT

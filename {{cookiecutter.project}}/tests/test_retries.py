@@ -19,7 +19,6 @@ import pytest
 import redis
 import urllib3
 
-from conftest import Worker, make_client, stop, wait_until
 from {{ cookiecutter.package }}.deadletter import KEY
 from {{ cookiecutter.package }}.retries import (
     HTTPStatusError,
@@ -27,6 +26,8 @@ from {{ cookiecutter.package }}.retries import (
     backoff,
     check_status,
 )
+
+from conftest import Worker, make_client, stop, wait_until
 
 FETCH = "{{ cookiecutter.package }}.tasks.io.fetch"
 MAX_RETRIES, BASE = 3, 0.5  # as set in conftest's stack_env
