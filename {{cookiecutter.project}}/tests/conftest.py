@@ -216,6 +216,11 @@ def run_producer(stack_env, workers):
     return run
 
 
+def with_redis(stack_env: dict[str, str], url: str, folder: Path) -> dict[str, str]:
+    """``stack_env`` on another Redis: its full URL, and an empty secrets folder."""
+    return {**stack_env, "REDIS_URL": url, "SECRETS_DIR": str(folder)}
+
+
 def make_client(redis_url: str):
     """A Celery client with the app's routing and serializers, on ``redis_url``.
 
@@ -234,8 +239,8 @@ def make_client(redis_url: str):
 
 
 @pytest.fixture(scope="session")
-def celery_client(stack_env, workers):
+def celery_client(redis_url, workers):
     """A Celery client of the running stack."""
-    client = make_client(stack_env["REDIS_URL"])
+    client = make_client(redis_url)
     yield client
     client.close()

@@ -26,7 +26,7 @@ from {{ cookiecutter.package }}.celery_app import BEAT_SCHEDULE, app
 from {{ cookiecutter.package }}.health import heartbeat_ok
 from {{ cookiecutter.package }}.settings import Settings, describe_errors
 
-from conftest import stop, wait_until
+from conftest import stop, wait_until, with_redis
 
 LOOP = 1  # BEAT_MAX_LOOP_INTERVAL in these tests
 LOCK_TIMEOUT = 5  # BEAT_LOCK_TIMEOUT
@@ -99,11 +99,10 @@ class Beat:
 
 
 @pytest.fixture
-def beat_env(stack_env, private_redis) -> dict[str, str]:
+def beat_env(stack_env, private_redis, tmp_path) -> dict[str, str]:
     """A Redis of the test's own, no worker on it: every task sent stays queued, countable."""
     return {
-        **stack_env,
-        "REDIS_URL": private_redis.url,
+        **with_redis(stack_env, private_redis.url, tmp_path),
         "BEAT_MAX_LOOP_INTERVAL": str(LOOP),
         "BEAT_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
     }

@@ -27,7 +27,7 @@ from {{ cookiecutter.package }}.retries import (
     check_status,
 )
 
-from conftest import Worker, make_client, stop, wait_until
+from conftest import Worker, make_client, stop, wait_until, with_redis
 
 FETCH = "{{ cookiecutter.package }}.tasks.io.fetch"
 MAX_RETRIES, BASE = 3, 0.5  # as set in conftest's stack_env
@@ -90,8 +90,8 @@ def countdowns(worker_log, task_id: str) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def dlq(stack_env):
-    return redis.Redis.from_url(stack_env["REDIS_URL"], decode_responses=True)
+def dlq(redis_url):
+    return redis.Redis.from_url(redis_url, decode_responses=True)
 
 
 def test_flaky_endpoint_succeeds_after_exactly_k_retries_with_growing_waits(
@@ -212,7 +212,7 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing_in_the_dlq(
 
     Retries waiting in the killed worker come back after VISIBILITY_TIMEOUT (60 s here).
     """
-    env = {**stack_env, "REDIS_URL": private_redis.url}
+    env = with_redis(stack_env, private_redis.url, tmp_path)
     env.update(VISIBILITY_TIMEOUT="60", TASK_TIME_LIMIT="30", RETRY_BACKOFF_MAX="10")
     client, dlq_client = make_client(private_redis.url), redis.Redis.from_url(private_redis.url)
     first = Worker("io", env, tmp_path)
