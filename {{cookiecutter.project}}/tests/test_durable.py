@@ -18,8 +18,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from conftest import STACK_VARS, RedisServer, wait_until
 from {{ cookiecutter.package }} import durable
+
+from conftest import STACK_VARS, RedisServer, wait_until
 
 REDIS_IMAGE = "redis:8"  # the compose stack's Redis
 WAITAOF_SINCE = (7, 2)
