@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from {{ cookiecutter.package }}.bench.commands import (
+from {{ cookiecutter.package }}.celery_app import CPU_QUEUE, IO_QUEUE
+from {{ cookiecutter.package }}.producer import Job
+from {{ cookiecutter.package }}.tasks import cpu, io
+
+from bench.commands import (
     tuned_argv,
     untuned_argv,
 )
-from {{ cookiecutter.package }}.bench.runs import (
+from bench.runs import (
     Bench,
     WorkerSpec,
     cores,
@@ -16,9 +20,6 @@ from {{ cookiecutter.package }}.bench.runs import (
     percentile,
     run_batch,
 )
-from {{ cookiecutter.package }}.celery_app import CPU_QUEUE, IO_QUEUE
-from {{ cookiecutter.package }}.producer import Job
-from {{ cookiecutter.package }}.tasks import cpu, io
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,7 @@ def mixed(bench: Bench, sizes: Sizes) -> list[dict]:
 def _mixed_jobs(sizes: Sizes, default: bool) -> list[Job]:
     if default:
         # Celery's default app has no routes: everything goes to its one queue, "celery".
-        from {{ cookiecutter.package }}.bench.untuned import app as plain
+        from bench.untuned import app as plain
 
         cpu_sig = lambda: plain.signature(cpu.count_primes.name, args=(sizes.mixed_cpu_limit,))  # noqa: E731
         io_sig = lambda: plain.signature(io.wait_on_api.name, args=(sizes.mixed_io_latency,))  # noqa: E731
