@@ -20,16 +20,6 @@ KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
 
 
-def write_secret_files(project: Path) -> None:
-    """Test values for the git-ignored files the secretGenerator reads."""
-    folder = project / "deploy/k8s/base/secrets"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("redis_password", "flower_password"):
-        path = folder / name
-        if not path.exists():
-            path.write_text(f"test-{name}-k8s")
-
-
 def kustomize(path: Path, check: bool = True) -> subprocess.CompletedProcess:
     return run([str(KUBECTL), "kustomize", str(path)], cwd=path, check=check, timeout=120)
 

@@ -25,7 +25,6 @@ from k8s import (
     render,
     secret_data,
     workloads,
-    write_secret_files,
 )
 
 K8S_VERSIONS = ("1.30.0", "1.33.0", "1.37.0")
@@ -39,7 +38,6 @@ REDIS_CLIENTS = {"worker-cpu", "worker-io", "flower", "producer"}
 def project(request, tmp_path_factory) -> Path:
     answers = {} if request.param == "default" else ALT_ANSWERS
     path = generate(tmp_path_factory.mktemp(f"k8s-{request.param}"), **answers)
-    write_secret_files(path)
     return path
 
 
