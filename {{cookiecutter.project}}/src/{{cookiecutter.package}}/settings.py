@@ -63,7 +63,7 @@ ACCEPTED = {
     "retry_backoff_base": "seconds, a number from 0.01 to 60",
     "retry_backoff_max": "seconds, a number from 0.01 to 3600, below VISIBILITY_TIMEOUT",
     "durable_publish": "true or false (true needs Redis 7.2+ with appendonly yes)",
-    "durable_publish_timeout": "seconds, a number above 0 and up to 300",
+    "durable_publish_timeout": "seconds, a number above 0 and up to 25",
 }
 
 Concurrency = Annotated[int, Field(ge=1, le=1024)]
@@ -111,7 +111,8 @@ class Settings(BaseSettings):
     # Opt-in: the producer returns only once Redis has fsynced what it published (WAITAOF,
     # Redis 7.2+); otherwise a machine crash can lose the last ~1 s of sent tasks. See durable.py.
     durable_publish: bool = False
-    durable_publish_timeout: float = Field(5.0, gt=0, le=300)
+    # Below the broker connection's socket_timeout (30 s), which would cut the wait short.
+    durable_publish_timeout: float = Field(5.0, gt=0, le=25)
 
     @classmethod
     def settings_customise_sources(
