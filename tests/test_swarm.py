@@ -38,8 +38,8 @@ KNOBS = {
     "CPU_WORKER_CPUS": "1",
     "IO_REPLICAS": "2",
 }
-SERVICES = ("redis", "demo-api", "worker-cpu", "worker-io", "flower")
-REPLICAS = {"redis": 1, "demo-api": 1, "worker-cpu": 1, "worker-io": 2, "flower": 1}
+SERVICES = ("redis", "demo-api", "worker-cpu", "worker-io", "beat", "flower")
+REPLICAS = {"redis": 1, "demo-api": 1, "worker-cpu": 1, "worker-io": 2, "beat": 2, "flower": 1}
 HEADER = f"{'swarm fault':<36} {'submitted':>9} {'completed':>9} {'lost':>5} {'twice':>5}"
 ROWS: list[str] = []
 
