@@ -29,10 +29,11 @@ pytestmark = pytest.mark.swarm
 NODES = 3
 SCRIPT = TEMPLATE / ".ci" / "swarm-nodes.sh"
 FILES = "-c deploy/swarm/stack.yaml -c deploy/swarm/stack.dnsrr.yaml"
-# Test-time knobs, the same as the fault suite's: tasks of a killed node come back in a minute.
+# Test-time knobs, as the fault suite's: tasks of a killed node come back in 90 s (above
+# RETRY_BACKOFF_MAX, which the settings require).
 KNOBS = {
     "TASK_TIME_LIMIT": "30",
-    "VISIBILITY_TIMEOUT": "60",
+    "VISIBILITY_TIMEOUT": "90",
     "CPU_STOP_GRACE_PERIOD": "30s",
     "CPU_SOFT_SHUTDOWN_TIMEOUT": "10",
     "CPU_WORKER_CPUS": "1",
