@@ -55,7 +55,7 @@ COLLECT = (
     "results = [AsyncResult(i, app=app) for i in json.loads(sys.argv[1])]\n"
     "for result in results:\n"
     "    result.get(timeout=float(sys.argv[2]), propagate=False)\n"
-    "print(json.dumps([r.state if r.successful() else f'{r.state}: {r.result!r}' for r in results]))\n"
+    "print(json.dumps([r.state if r.successful() else f'{{r.state}}: {{r.result!r}}' for r in results]))\n"
 )
 
 
@@ -308,7 +308,8 @@ def test_sigterm_soft_shutdown_requeues_cpu_tasks(pods, running):
     while pods.redis("HLEN", "unacked") != "2" and time.monotonic() < deadline:
         time.sleep(0.5)
     code, took = pods.stop(cname, pods.grace("worker-cpu"))
-    logs = docker("logs", cname).stderr
+    logs = docker("logs", cname)
+    logs = logs.stdout + logs.stderr
     print(
         f"[k8s] worker-cpu SIGTERM: exit {code} after {took:.1f} s (grace {pods.grace('worker-cpu')} s)"
     )
@@ -327,7 +328,8 @@ def test_sigterm_warm_shutdown_finishes_io_calls(pods, running):
         time.sleep(0.2)
     code, took = pods.stop(cname, pods.grace("worker-io"))
     print(f"[k8s] worker-io SIGTERM with 40 calls in flight: exit {code} after {took:.1f} s")
-    assert code == 0 and "Warm shutdown" in docker("logs", cname).stderr
+    logs = docker("logs", cname)
+    assert code == 0 and "Warm shutdown" in logs.stdout + logs.stderr
     # Every call finished before the worker exited: the results are there already.
     states = pods.python(f"{pods.prefix}-worker-cpu-again", COLLECT, json.dumps(ids), "10")
     assert states == ["SUCCESS"] * 40
