@@ -59,7 +59,7 @@ COLUMNS = {
         ("queued", "succeeded"),
         ("published/s", "tasks_per_s"),
         ("x plain", "x_plain"),
-        ("added ms/batch", "added_ms_per_batch"),
+        ("AOF wait ms/batch", "wait_ms_per_batch"),
     ],
 }
 TITLES = {
