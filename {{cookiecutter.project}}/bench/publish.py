@@ -32,6 +32,7 @@ def publish_cost(bench, sizes) -> list[dict]:
         return [{"variant": "durable", "n": sizes.publish_tasks, "succeeded": 0, "errors": [str(exc)]}]  # fmt: skip
     try:
         # Rounds interleave the variants, so a busy spell of the machine hits them all alike.
+        version = redis.Redis.from_url(url).info("server")["redis_version"]
         rounds = [_round(bench, sizes, url) for _ in range(sizes.publish_rounds)]
     finally:
         stop()
@@ -39,6 +40,7 @@ def publish_cost(bench, sizes) -> list[dict]:
     plain = rows[0]
     for row in rows:
         _compare(row, plain)
+        row["redis_server"] = version  # not the other scenarios' Redis
     return rows
 
 
