@@ -4,7 +4,7 @@
 # Installs what is missing (Docker engine + Compose v2 through .ci/docker-engine.sh, uv), generates
 # a project into the current folder with the template's defaults (or the options given), brings
 # its stack up, runs the producer once and prints where Flower is and where its login is.
-# Run it again to reuse the generated project: its .env and Redis volume are kept.
+# Run it again to reuse the generated project: its .env, secrets/ and Redis volume are kept.
 set -euo pipefail
 TEMPLATE=$(cd "$(dirname "$0")" && pwd)
 log() { printf '[quickstart] %s\n' "$*" >&2; }
@@ -93,7 +93,7 @@ main() {
   cat <<EOF
 
 Flower: http://$flower
-Login:  FLOWER_USER and FLOWER_PASSWORD in $project/.env
+Login:  user FLOWER_USER in $project/.env, password in $project/secrets/flower_password
 Next:   cd $project && make      (lists everyday commands; the README explains the stack)
 EOF
 }
