@@ -44,7 +44,7 @@ install_uv() {
   log "installing uv (pipx, Debian's way to install a Python application)"
   export DEBIAN_FRONTEND=noninteractive
   command -v pipx >/dev/null || { apt-get update -qq && apt-get install -y -qq pipx >/dev/null; }
-  PIPX_HOME=/opt/pipx PIPX_BIN_DIR=/usr/local/bin pipx install --quiet uv >&2
+  PIPX_HOME=/opt/pipx PIPX_BIN_DIR=/usr/local/bin pipx install uv >&2
 }
 
 generate() {

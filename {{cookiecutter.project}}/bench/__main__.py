@@ -159,7 +159,8 @@ def run_stack(args: argparse.Namespace) -> int:
     if not proc.stdout.strip():
         return proc.returncode or 1
     document = json.loads(proc.stdout)
-    report.print_tables(Console(width=None if sys.stdout.isatty() else 200), document["results"], [])
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    report.print_tables(console, document["results"], [])
     args.out.mkdir(parents=True, exist_ok=True)
     report.write_json(args.out / "bench-stack.json", document)
     return proc.returncode
