@@ -51,12 +51,16 @@ generate() {
   # Prints the project folder: generated now, or already there from an earlier run.
   uv run --quiet --no-project --with "cookiecutter>=2.6" python - "$TEMPLATE" "${ARGS[@]}" <<'EOF'
 import json
+import os
 import sys
 from pathlib import Path
 
 from cookiecutter.exceptions import FailedHookException
 from cookiecutter.main import cookiecutter
 
+# Only the folder goes to stdout; the hooks' messages go to the terminal through stderr.
+result = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
 template, *pairs = sys.argv[1:]
 answers = dict(pair.split("=", 1) for pair in pairs)
 sys.path.insert(0, template)
@@ -70,7 +74,7 @@ if not (folder / ".env").is_file():
         folder = Path(cookiecutter(template, no_input=True, extra_context=answers))
     except FailedHookException:
         sys.exit(1)  # the hook has printed the one-line reason
-print(folder)
+print(folder, file=result)
 EOF
 }
 
