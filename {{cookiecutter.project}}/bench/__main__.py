@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench import procs
 
-NAMES = ("io", "memory", "mixed", "overhead")
+NAMES = ("io", "memory", "mixed", "overhead", "publish")
 PROJECT = Path(__file__).resolve().parents[1]
 
 

@@ -51,6 +51,16 @@ COLUMNS = {
         ("CPU ms/task", "cpu_ms_per_task"),
         ("CPU-bound tasks/s", "cpu_bound_tasks_per_s"),
     ],
+    "publish": [
+        ("variant", "variant"),
+        ("appendfsync", "appendfsync"),
+        ("batch", "batch"),
+        ("n", "n"),
+        ("queued", "succeeded"),
+        ("published/s", "tasks_per_s"),
+        ("x plain", "x_plain"),
+        ("added ms/batch", "added_ms_per_batch"),
+    ],
     "stack": [
         ("variant", "variant"),
         ("slots", "slots"),
@@ -69,6 +79,7 @@ TITLES = {
     "memory": "2. Memory per concurrency slot (floor: the idle worker)",
     "mixed": "3. Mixed load (bound: max(CPU work / cores, N*L/C))",
     "overhead": "4. Per-task overhead, no-op tasks (bound: usable cores / CPU per task)",
+    "publish": "5. Durable publishing: publish rate with and without the WAITAOF wait (median)",
     "stack": "The running stack's own workers (bound: its io slots / L)",
 }
 
@@ -115,7 +126,7 @@ def write_chart(path: Path, results: dict) -> None:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    panels = [name for name in ("io", "memory", "mixed", "overhead") if results.get(name)]
+    panels = [name for name in PANELS if results.get(name)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)
     for ax, name in zip(axes[:, 0], panels, strict=True):
         PANELS[name](ax, results[name])
@@ -190,9 +201,16 @@ def _overhead_panel(ax, rows):
     )
 
 
+def _publish_panel(ax, rows):
+    labels = [f"{r['variant']} (batch {r.get('batch')})" for r in rows]
+    _bars(ax, labels, [r.get("tasks_per_s") for r in rows], "published/s (log)", TITLES["publish"])
+    ax.set_yscale("log")
+
+
 PANELS = {
     "io": _io_panel,
     "memory": _memory_panel,
     "mixed": _mixed_panel,
     "overhead": _overhead_panel,
+    "publish": _publish_panel,
 }

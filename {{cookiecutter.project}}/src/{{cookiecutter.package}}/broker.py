@@ -330,8 +330,10 @@ class Channel(kombu_redis.Channel):
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     def basic_cancel(self, consumer_tag):
-        self._ack_queues.discard(self._tag_to_queue.get(consumer_tag))
-        return super().basic_cancel(consumer_tag)
+        ret = super().basic_cancel(consumer_tag)
+        # kombu may finish a cancel after the current read: forget only what it dropped.
+        self._ack_queues.intersection_update(self.active_queues)
+        return ret
 
     def _blmove_queue(self) -> str | None:
         """The one queue to take from with BLMOVE, or None for kombu's BRPOP (said once)."""
