@@ -7,9 +7,8 @@ only that every scenario ran every task and reported its figures.
 from __future__ import annotations
 
 import json
-import os
 
-from conftest import DEFAULT_PACKAGE, generate, run
+from conftest import DEFAULT_PACKAGE, clean_env, generate, run
 
 # Figures each scenario must report as positive numbers, per row.
 FIGURES = {
@@ -28,7 +27,7 @@ VARIANTS = {
 
 def test_bench_smoke_reports_every_scenario(tmp_path):
     project = generate(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "REDIS_URL")}
+    env = clean_env()
     run(["uv", "sync", "--locked", "--quiet", "--group", "bench"], cwd=project, env=env)
     out = tmp_path / "results"
     bench = ["uv", "run", "--locked", "--group", "bench", "python", "-m"]
@@ -55,7 +54,7 @@ def test_bench_smoke_reports_every_scenario(tmp_path):
 
 def test_bench_rejects_an_unknown_scenario(tmp_path):
     project = generate(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env = clean_env()
     cmd = ["uv", "run", "--locked", "python", "-m", f"{DEFAULT_PACKAGE}.bench"]
     proc = run([*cmd, "--scenarios", "io,speed"], cwd=project, env=env, check=False)
     assert proc.returncode == 2

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import generate, run
+from conftest import clean_env, generate, run
 
 MAKE_TARGETS = {
     "up": "docker compose up -d --build --wait",
@@ -20,11 +19,6 @@ MAKE_TARGETS = {
     "producer": "docker compose run --rm producer",
     "shell": "docker compose exec worker-cpu bash",
 }
-
-
-def clean_env() -> dict[str, str]:
-    # The template's own virtualenv must not leak into the generated project's uv.
-    return {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "TEST_REDIS_URL")}
 
 
 def actionlint(project: Path) -> str:
