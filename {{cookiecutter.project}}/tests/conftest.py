@@ -1,7 +1,8 @@
 """Real processes for the integration tests: redis-server, the demo API and both workers.
 
 The workers are started with ``python -m {{ cookiecutter.package }}.worker cpu|io``, the same
-command compose runs. Set TEST_REDIS_URL to use a Redis you already run (e.g. a CI service).
+command compose runs. Set TEST_REDIS_URL to use a Redis you already run (e.g. a CI service) for
+the shared one; tests that stop and restart Redis always start a redis-server of their own.
 """
 
 from __future__ import annotations
@@ -18,25 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+
+from {{ cookiecutter.package }}.settings import Settings
 
 # Unit tests import the app, which reads settings at import: give them a syntactically
 # valid URL that nothing listens on. Integration fixtures set the real one.
 os.environ.setdefault("REDIS_URL", "redis://:unit-tests@127.0.0.1:9/0")
 
-# Test defaults: nothing from the caller's environment leaks into the stack under test.
-STACK_VARS = (
-    "REDIS_URL",
-    "CPU_POOL",
-    "IO_POOL",
-    "CPU_CONCURRENCY",
-    "IO_CONCURRENCY",
-    "TASK_EVENTS",
-    "DEMO_API_URL",
-    "HEARTBEAT_FILE",
-    "LOG_LEVEL",
-    "TASK_TIME_LIMIT",
-    "VISIBILITY_TIMEOUT",
-)
+# Every variable the settings read: none leaks from the caller's shell into the stack under test.
+STACK_VARS = frozenset(name.upper() for name in Settings.model_fields)
 
 
 def free_port() -> int:
@@ -70,25 +62,50 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 class RedisServer:
-    """A redis-server that can be stopped and started again on the same port."""
+    """A redis-server that can be stopped and started again on the same port.
+
+    Its config, password included, goes in on stdin: nothing secret on a command line (`ps`).
+    Ready means it answers PING with this password, so a foreign server that took the port
+    in between is never mistaken for it.
+    """
 
     def __init__(self, workdir: Path, appendonly: bool = False):
-        server = shutil.which("redis-server")
-        if server is None:
+        self.server = shutil.which("redis-server")
+        if self.server is None:
             pytest.fail(
-                "redis-server not found: install it (apt-get install redis-server) "
-                "or set TEST_REDIS_URL"
+                "redis-server not found: install it (apt-get install redis-server); "
+                "TEST_REDIS_URL stands in for the shared Redis only, not for the tests "
+                "that stop and restart a Redis of their own"
             )
         self.port, password = free_port(), secrets.token_urlsafe(24)
-        self.cmd = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "yes" if appendonly else "no", "--requirepass", password, "--dir", str(workdir)]  # fmt: skip
+        self.config = (
+            f'port {self.port}\nbind 127.0.0.1\nsave ""\n'
+            f"appendonly {'yes' if appendonly else 'no'}\n"
+            f'requirepass {password}\ndir "{workdir}"\n'
+        )
         self.url = f"redis://:{password}@127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL)
-        wait_until(lambda: port_open(self.port), 10, "redis-server")
+        self.proc = subprocess.Popen(
+            [self.server, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        )
+        self.proc.stdin.write(self.config)
+        self.proc.stdin.close()  # redis-server reads its config up to end of input
+        try:
+            wait_until(self.answers, 10, "redis-server")
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited ({self.proc.returncode}): port taken?")
+        try:
+            return redis.Redis.from_url(self.url, socket_timeout=1).ping()
+        except redis.RedisError:
+            return False
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -169,8 +186,10 @@ class Worker:
 @pytest.fixture(scope="session")
 def workers(stack_env, tmp_path_factory) -> Iterator[dict[str, Worker]]:
     logdir = tmp_path_factory.mktemp("workers")
-    started = {kind: Worker(kind, stack_env, logdir) for kind in ("cpu", "io")}
+    started: dict[str, Worker] = {}
     try:
+        for kind in ("cpu", "io"):
+            started[kind] = Worker(kind, stack_env, logdir)
         for worker in started.values():
             wait_until(worker.ready, 60, f"worker {worker.kind}")
         yield started
