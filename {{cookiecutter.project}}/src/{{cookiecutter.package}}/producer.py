@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
+        if args.json:  # which ones: a caller can check them or resubmit the rest
+            sent_ids = [job.result.id for job in jobs if job.result is not None]
+            print(json.dumps({"ok": False, "sent_ids": sent_ids, "unsent": len(jobs) - sent}))
         # Exit now: Celery's exit-time cleanup would try to reach the dead Redis again and
         # hung the process (measured); nothing is left to flush, the sent tasks are in Redis.
         sys.stdout.flush()
