@@ -38,9 +38,13 @@ def render_env(example: str, secrets_by_key: dict[str, str]) -> str:
 def write_private(path: Path, text: str) -> None:
     """Write atomically with mode 0600: a crash leaves no half-written .env."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # O_CREAT keeps the mode of a leftover file
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
+        os.fchmod(fd, 0o600)  # the mode above is masked by the umask; this is not
         handle.write(text)
+        handle.flush()
+        os.fsync(fd)  # on disk before the rename makes it the .env
     os.replace(tmp, path)
 
 
