@@ -60,7 +60,9 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
     port, password = free_port(), secrets.token_urlsafe(24)
     # Config on stdin: the password is on no command line (`ps` shows those to every user).
     config = f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndir "{workdir}"\n'
-    proc = subprocess.Popen([server, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [server, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
     proc.stdin.write(config + f"requirepass {password}\n")
     proc.stdin.close()
 

@@ -299,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         if str(exc) != E_RETRY_LIMIT_EXCEEDED:
             raise
-        _exit_unpublished(jobs, exc.__cause__ or exc, args.json)  # the result backend's reconnects ran out
+        # The result backend's reconnects ran out.
+        _exit_unpublished(jobs, exc.__cause__ or exc, args.json)
     if args.json:
         wait(jobs, args.timeout)  # stdout and stderr stay free of progress output
     else:
