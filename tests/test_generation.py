@@ -37,7 +37,7 @@ CASES = {
 
 UNRENDERED = re.compile(r"{{|}}|{%|%}|cookiecutter\.")
 # GitHub Actions expressions (${{ github.ref }}) are meant to stay; only in workflow files.
-GHA_EXPRESSION = re.compile(r"\$\{\{ [\w.\[\]-]+ \}\}")
+GHA_EXPRESSION = re.compile(r"\$\{\{ [\w.\[\]'-]+ \}\}")
 BINARY_SUFFIXES = {".png", ".jpg", ".ico"}
 
 

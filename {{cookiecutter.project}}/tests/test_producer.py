@@ -7,7 +7,12 @@ import pytest
 from rich.console import Console
 
 from {{ cookiecutter.package }} import producer
-from {{ cookiecutter.package }}.producer import TABLE_ROWS, Job, print_table, summarize
+from {{ cookiecutter.package }}.producer import (
+    TABLE_ROWS,
+    Job,
+    print_table,
+    summarize,
+)
 
 # Long names as they occur for real: Kubernetes pod names, Docker container ids.
 CPU_WORKERS = ("cpu@task-queue-worker-cpu-7d9f8b6c5-x2k4p", "cpu@3f9c2a1b7d4e")
