@@ -10,17 +10,15 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from bench.procs import free_port, start_demo_api, stop, wait_until
 from {{ cookiecutter.package }}.settings import Settings
 
 # Unit tests import the app, which reads settings at import: give them a syntactically
@@ -29,36 +27,6 @@ os.environ.setdefault("REDIS_URL", "redis://:unit-tests@127.0.0.1:9/0")
 
 # Every variable the settings read: none leaks from the caller's shell into the stack under test.
 STACK_VARS = frozenset(name.upper() for name in Settings.model_fields)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not ready within {timeout:g} s")
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class RedisServer:
@@ -132,19 +100,8 @@ def private_redis(tmp_path) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="session")
 def demo_api_url() -> Iterator[str]:
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "{{ cookiecutter.package }}.demo_api",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    proc = subprocess.Popen(cmd)
-    wait_until(lambda: port_open(port), 15, "demo API")
-    yield f"http://127.0.0.1:{port}"
+    proc, url = start_demo_api("{{ cookiecutter.package }}")
+    yield url
     stop(proc)
 
 
@@ -194,8 +151,7 @@ def workers(stack_env, tmp_path_factory) -> Iterator[dict[str, Worker]]:
             wait_until(worker.ready, 60, f"worker {worker.kind}")
         yield started
     finally:
-        for worker in started.values():
-            stop(worker.proc)
+        stop(*(worker.proc for worker in started.values()))
 
 
 @pytest.fixture(scope="session")
