@@ -14,6 +14,8 @@ import time
 import pytest
 from conftest import Stack, running_stack
 
+pytestmark = pytest.mark.docker
+
 # Python 3.11, not 3.12: where no registry answers, the local base stand-ins are Debian's
 # Pythons (3.13 trixie, 3.11 bookworm); no Debian release has 3.12.
 ALT_ANSWERS = {

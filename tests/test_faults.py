@@ -31,7 +31,7 @@ FAULT_ENV = {
 }
 
 # Selectable on its own: `uv run pytest -m faults`.
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.docker]
 
 ROWS: list[str] = []
 HEADER = f"{'fault':<44} {'submitted':>9} {'completed':>9} {'lost':>5} {'twice':>5} {'redeliv':>7}"

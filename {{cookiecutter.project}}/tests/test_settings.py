@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
 from {{ cookiecutter.package }}.settings import Settings, describe_errors
 
@@ -77,7 +78,7 @@ def test_values_from_env_are_typed(clean_env):
 )
 def test_bad_value_gives_one_line_naming_the_variable(clean_env, name, value):
     clean_env.setenv(name, value)
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(ValidationError) as caught:
         Settings()
     lines = describe_errors(caught.value)
     assert len(lines) == 1, lines
@@ -90,7 +91,7 @@ def test_bad_value_gives_one_line_naming_the_variable(clean_env, name, value):
 
 def test_missing_redis_url_is_named(clean_env):
     clean_env.delenv("REDIS_URL")
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(ValidationError) as caught:
         Settings()
     assert describe_errors(caught.value) == [
         "settings error: REDIS_URL is not set (Field required); accepted: "
@@ -101,7 +102,7 @@ def test_missing_redis_url_is_named(clean_env):
 def test_visibility_timeout_must_exceed_time_limit(clean_env):
     clean_env.setenv("TASK_TIME_LIMIT", "600")
     clean_env.setenv("VISIBILITY_TIMEOUT", "300")
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(ValidationError) as caught:
         Settings()
     (line,) = describe_errors(caught.value)
     assert "VISIBILITY_TIMEOUT=300 must be above TASK_TIME_LIMIT=600" in line

@@ -15,9 +15,9 @@ import urllib.request
 MAX_AGE_SECONDS = 15.0
 
 
-def heartbeat_ok(path: str, now: float | None = None, max_age: float = MAX_AGE_SECONDS) -> bool:
+def heartbeat_ok(path: str, max_age: float = MAX_AGE_SECONDS) -> bool:
     try:
-        age = (time.time() if now is None else now) - os.stat(path).st_mtime
+        age = time.time() - os.stat(path).st_mtime
     except FileNotFoundError:
         return False
     return age <= max_age
