@@ -129,7 +129,7 @@ elif cmd == "wait":
         "queued": {{q: client.llen(q) for q in ("cpu", "io")}},
         "taken": {{q: client.llen(q + ".taken") for q in ("cpu", "io")}},
         "unacked": client.hlen("unacked"),
-        "rejected": [raw.decode() for raw in client.lrange("rejected", 0, -1)],
+        "rejected": [raw.decode() for raw in client.lrange("_kombu.rejected", 0, -1)],
         "not_done": MISSING[:5],
     }}))
 """

@@ -28,6 +28,8 @@ CASES = {
         "io_concurrency": "1000",
         "flower_port": "15555",
     },
+    # Folder and package derived from a name with a leading digit, unicode and punctuation.
+    "human-name": {"project_name": "3D Ärger-Büro: v2.0 🚀"},
     "long-names": {
         "project_name": "Very Long Project Name For Checking Line Lengths",
         "description": "Ünïcödé and 'single quotes' in a description",

@@ -11,6 +11,8 @@ import pytest
 from conftest import TEMPLATE, generate
 from cookiecutter.exceptions import FailedHookException
 
+import template_answers as answers
+
 
 def load_hook(name: str):
     spec = importlib.util.spec_from_file_location(name, TEMPLATE / "hooks" / f"{name}.py")
@@ -19,7 +21,6 @@ def load_hook(name: str):
     return module
 
 
-pre = load_hook("pre_gen_project")
 post = load_hook("post_gen_project")
 
 DEFAULTS = {
@@ -66,13 +67,18 @@ BAD_ANSWERS = [
     ("flower_port", "80", "an integer from 1024 to 65535"),
     ("flower_port", "70000", "an integer from 1024 to 65535"),
     ("github_actions", "maybe", "yes or no"),
+    # Dependencies of the generated project (from its uv.lock), not only the famous ones.
+    ("package", "urllib3", "dependency name"),
+    ("package", "tornado", "dependency name"),
+    ("project", "celery", "not a dependency name"),
+    ("project", "3d--farm", "single hyphens"),
 ]
 
 
 @pytest.mark.parametrize(("name", "value", "accepted"), BAD_ANSWERS)
 def test_validate_names_variable_value_and_accepted(name, value, accepted):
-    with pytest.raises(pre.InvalidAnswer) as caught:
-        pre.validate({**DEFAULTS, name: value})
+    with pytest.raises(answers.InvalidAnswer) as caught:
+        answers.validate({**DEFAULTS, name: value})
     message = str(caught.value)
     assert message.startswith(f"{name}={value!r} is invalid; accepted: ")
     assert accepted in message
@@ -80,19 +86,19 @@ def test_validate_names_variable_value_and_accepted(name, value, accepted):
 
 
 def test_defaults_are_valid():
-    pre.validate(DEFAULTS)
-    assert pre.main(json.dumps(DEFAULTS)) == 0
+    answers.validate(DEFAULTS)
+    assert answers.main(json.dumps(DEFAULTS)) == 0
 
 
 def test_main_prints_one_line_and_fails(capsys):
-    assert pre.main(json.dumps({**DEFAULTS, "io_concurrency": "abc"})) == 1
+    assert answers.main(json.dumps({**DEFAULTS, "io_concurrency": "abc"})) == 1
     err = capsys.readouterr().err
     assert err == "error: io_concurrency='abc' is invalid; accepted: an integer from 1 to 10000\n"
 
 
 @pytest.mark.parametrize(
     ("name", "value", "accepted"),
-    [BAD_ANSWERS[i] for i in (3, 7, 10, 14, 20, 24)],
+    [BAD_ANSWERS[i] for i in (3, 7, 10, 14, 20, 24, 27, 29)],
 )
 def test_cookiecutter_refuses_bad_input_and_leaves_nothing(tmp_path, capfd, name, value, accepted):
     overrides = {name: value}

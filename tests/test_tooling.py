@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,23 @@ def test_dependabot_covers_python_docker_and_actions(default_project):
     for update in ecosystems.values():
         assert update["directory"] == "/"
         assert update["schedule"]["interval"] in ("daily", "weekly", "monthly")
+
+
+BROKER_DEPENDENCIES = ("celery", "kombu", "redis")  # broker.py overrides kombu internals
+
+
+def test_broker_dependencies_are_pinned_and_upgraded_alone(default_project):
+    groups = yaml.safe_load((default_project / ".github/dependabot.yml").read_text())
+    (uv,) = [u for u in groups["updates"] if u["package-ecosystem"] == "uv"]
+    assert set(uv["groups"]["broker"]["patterns"]) == set(BROKER_DEPENDENCIES)
+    for name, group in uv["groups"].items():
+        if name != "broker":
+            assert set(BROKER_DEPENDENCIES) <= set(group.get("exclude-patterns", [])), name
+    pyproject = tomllib.loads((default_project / "pyproject.toml").read_text())
+    for requirement in pyproject["project"]["dependencies"]:
+        name = re.split(r"[\[<>=]", requirement)[0]
+        if name in BROKER_DEPENDENCIES:
+            assert "<" in requirement, f"{requirement}: no upper bound"
 
 
 def test_no_github_folder_when_not_wanted(tmp_path):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import redis
 
-from bench import procs
 from {{ cookiecutter.package }}.producer import Job, submit, wait
+
+from bench import procs
 
 # Redis lists the example workload can land in: the template's two queues, Celery's default one.
 QUEUES = ("cpu", "io", "celery")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from {{ cookiecutter.package }}.celery_app import CPU_QUEUE, IO_QUEUE
+from {{ cookiecutter.package }}.producer import Job
+from {{ cookiecutter.package }}.tasks import cpu, io
+
 from bench.commands import (
     tuned_argv,
     untuned_argv,
@@ -16,9 +20,6 @@ from bench.runs import (
     percentile,
     run_batch,
 )
-from {{ cookiecutter.package }}.celery_app import CPU_QUEUE, IO_QUEUE
-from {{ cookiecutter.package }}.producer import Job
-from {{ cookiecutter.package }}.tasks import cpu, io
 
 
 @dataclass(frozen=True)

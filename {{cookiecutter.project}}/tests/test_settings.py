@@ -53,6 +53,8 @@ def test_values_from_env_are_typed(clean_env):
         ("CPU_POOL", "eventlet"),
         ("IO_POOL", "prefork"),
         ("TASK_EVENTS", "maybe"),
+        ("DURABLE_PUBLISH", "maybe"),
+        ("DURABLE_PUBLISH_TIMEOUT", "0"),
         ("TASK_TIME_LIMIT", "0"),
         ("VISIBILITY_TIMEOUT", "10"),
         ("LOG_LEVEL", "LOUD"),

@@ -38,7 +38,7 @@ def make_app() -> Celery:
     )
     app.conf.update(
         broker_url=settings.broker_url,
-        # kombu's Redis transport with two delivery gaps closed: see broker.py.
+        # kombu's Redis transport with three delivery gaps closed: see broker.py.
         broker_transport="{{ cookiecutter.package }}.broker:Transport",
         result_backend=settings.broker_url,
         # JSON only: a pickled message could run arbitrary code in the worker.
@@ -82,6 +82,11 @@ def make_app() -> Celery:
             "priority_steps": [0],
             # kombu's default of 10 connections starves acks from hundreds of greenlets.
             "max_connections": settings.io_concurrency + 20,
+            # redis-py blocks forever by default: a half-open connection would hang the
+            # prefork hub (and its heartbeat) in a record or an ack. Above brpop_timeout (1 s).
+            "socket_timeout": 30,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
         },
         # The result backend's pool size is this option: Celery ignores a max_connections in
         # result_backend_transport_options, and redis-py 8 then caps the pool at 100. 500

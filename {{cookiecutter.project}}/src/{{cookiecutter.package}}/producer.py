@@ -26,7 +26,9 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from {{ cookiecutter.package }} import durable
 from {{ cookiecutter.package }}.celery_app import CPU_QUEUE, IO_QUEUE, app
+from {{ cookiecutter.package }}.settings import get_settings
 from {{ cookiecutter.package }}.tasks import cpu, io
 
 # How long to keep retrying a publish while Redis is unreachable (about 10 s in total).
@@ -50,9 +52,12 @@ def build_workload(n_cpu: int, n_io: int, cpu_limit: int, io_delay: float) -> li
     return jobs
 
 
-def submit(jobs: list[Job]) -> None:
-    """Publish every job over one connection; routing comes from the app's task_routes."""
-    with app.producer_or_acquire() as producer:
+def submit(jobs: list[Job], durably: bool = False) -> None:
+    """Publish every job over one connection; routing comes from the app's task_routes.
+
+    ``durably``: return only once Redis has them in its append-only file (see durable.py).
+    """
+    with durable.durable_batch() if durably else app.producer_or_acquire() as producer:
         for job in jobs:
             job.submitted = time.time()
             job.result = job.signature.apply_async(
@@ -293,7 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     jobs = build_workload(args.cpu, args.io, args.cpu_limit, args.io_delay)
     started = time.time()
     try:
-        submit(jobs)
+        submit(jobs, durably=get_settings().durable_publish)
+    except durable.DurablePublishError as exc:
+        print(
+            f"error: durable publish: {exc}. All {len(jobs)} tasks were sent and will run, "
+            "but are not confirmed on disk",
+            file=sys.stderr,
+        )
+        return 1
     except (OperationalError, RedisConnectionError) as exc:  # publish retries used up
         _exit_unpublished(jobs, exc, args.json)
     except RuntimeError as exc:

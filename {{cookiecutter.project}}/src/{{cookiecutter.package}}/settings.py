@@ -41,6 +41,8 @@ ACCEPTED = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "demo_api_url": "an http:// or https:// URL",
     "heartbeat_file": "an absolute file path",
+    "durable_publish": "true or false (true needs Redis 7.2+ with appendonly yes)",
+    "durable_publish_timeout": "seconds, a number above 0 and up to 300",
 }
 
 Concurrency = Annotated[int, Field(ge=1, le=1024)]
@@ -74,6 +76,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     demo_api_url: AnyHttpUrl = AnyHttpUrl("http://demo-api:8000")
     heartbeat_file: str = "/tmp/worker-heartbeat"
+    # Opt-in: the producer returns only once Redis has fsynced what it published (WAITAOF,
+    # Redis 7.2+); otherwise a machine crash can lose the last ~1 s of sent tasks. See durable.py.
+    durable_publish: bool = False
+    durable_publish_timeout: float = Field(5.0, gt=0, le=300)
 
     @field_validator("redis_url")
     @classmethod
