@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench.procs import free_port, start_demo_api, stop, wait_until
 from {{ cookiecutter.package }}.settings import Settings
+
+from bench.procs import free_port, start_demo_api, stop, wait_until
 
 # Unit tests import the app, which reads settings at import: give them a syntactically
 # valid URL that nothing listens on. Integration fixtures set the real one.
