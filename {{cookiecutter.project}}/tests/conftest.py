@@ -149,7 +149,8 @@ def workers(stack_env, tmp_path_factory) -> Iterator[dict[str, Worker]]:
         for kind in ("cpu", "io"):
             started[kind] = Worker(kind, stack_env, logdir)
         for worker in started.values():
-            wait_until(worker.ready, 60, f"worker {worker.kind}")
+            # Generous: a worker starts in seconds, but a loaded CI machine can take a minute or more.
+            wait_until(worker.ready, 180, f"worker {worker.kind}")
         yield started
     finally:
         stop(*(worker.proc for worker in started.values()))
