@@ -129,7 +129,7 @@ def seconds(duration: str) -> int:
 
 
 def test_env_and_secrets_are_ignored(project):
-    assert ".env" in (project / ".gitignore").read_text().splitlines()
+    assert {".env", "secrets/"} <= set((project / ".gitignore").read_text().splitlines())
     dockerignore = (project / ".dockerignore").read_text().splitlines()
     assert dockerignore[dockerignore.index("*")] == "*"  # deny by default
-    assert not any(line.startswith("!.env") for line in dockerignore)
+    assert not any(line.startswith(("!.env", "!secrets")) for line in dockerignore)

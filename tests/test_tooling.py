@@ -20,6 +20,11 @@ MAKE_TARGETS = {
     "bench": "uv run --locked --group bench python -m bench",
     "producer": "docker compose run --rm producer",
     "shell": "docker compose exec worker-cpu bash",
+    "swarm-deploy": "docker stack deploy --detach=false  -c deploy/swarm/stack.yaml task-queue",
+    "swarm-scale": "docker service scale --detach=false task-queue_",
+    "swarm-update": "docker stack deploy --detach=false",
+    "swarm-rollback": "docker service rollback --detach=false task-queue_",
+    "swarm-remove": "docker stack rm task-queue",
 }
 
 

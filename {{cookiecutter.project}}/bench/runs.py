@@ -90,7 +90,7 @@ def run_batch(
 
 
 def _move(client: redis.Redis, src: str, dst: str) -> None:
-    # RENAME is O(1) and wakes the workers' BRPOP on the restored list at once.
+    # RENAME is O(1) and wakes the workers' blocking take on the restored list at once.
     for queue in QUEUES:
         if client.exists(src + queue):
             client.rename(src + queue, dst + queue)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import redis
@@ -26,8 +27,9 @@ from bench.procs import free_port, start_demo_api, stop, wait_until
 # valid URL that nothing listens on. Integration fixtures set the real one.
 os.environ.setdefault("REDIS_URL", "redis://:unit-tests@127.0.0.1:9/0")
 
-# Every variable the settings read: none leaks from the caller's shell into the stack under test.
-STACK_VARS = frozenset(name.upper() for name in Settings.model_fields)
+# Every variable the settings read (and where they read secret files from): none leaks from
+# the caller's shell into the stack under test.
+STACK_VARS = frozenset(name.upper() for name in Settings.model_fields) | {"SECRETS_DIR"}
 
 
 class RedisServer:
@@ -107,11 +109,20 @@ def demo_api_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def stack_env(redis_url, demo_api_url) -> dict[str, str]:
-    """The environment the stack runs with, as compose would give it."""
+def stack_env(redis_url, demo_api_url, tmp_path_factory) -> dict[str, str]:
+    """The environment the stack runs with, as compose gives it: REDIS_URL without the
+    password, which is a file in SECRETS_DIR."""
+    folder = tmp_path_factory.mktemp("secrets")
+    url = urlsplit(redis_url)
+    (folder / "redis_password").write_text(unquote(url.password or ""))
+    bare = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()
     env = {k: v for k, v in os.environ.items() if k not in STACK_VARS}
     env.update(
-        REDIS_URL=redis_url, DEMO_API_URL=demo_api_url, IO_CONCURRENCY="200", CPU_CONCURRENCY="2"
+        REDIS_URL=bare,
+        SECRETS_DIR=str(folder),
+        DEMO_API_URL=demo_api_url,
+        IO_CONCURRENCY="200",
+        CPU_CONCURRENCY="2",
     )
     return env
 

@@ -18,6 +18,8 @@ from {{ cookiecutter.package }} import broker, broker_compat
 from {{ cookiecutter.package }}.broker import REJECTED_KEY, Transport
 from {{ cookiecutter.package }}.celery_app import app
 
+from conftest import wait_until
+
 # As the app configures it: one list per queue, which lets the worker take with BLMOVE.
 OPTIONS = {"priority_steps": [0]}
 
@@ -213,9 +215,10 @@ def test_a_huge_rejected_entry_is_kept_cut_short(private_redis):
     assert client.lrange(REJECTED_KEY, 0, -1) == [b"x" * broker.REJECTED_MAX_BYTES]
 
 
-def test_no_ack_consumers_use_plain_brpop(private_redis):
+def test_no_ack_consumers_use_plain_brpop(private_redis, caplog):
     """Nothing records a no_ack message, so it must not go through <queue>.taken (replies to
-    `celery inspect` would pile up there)."""
+    `celery inspect` would pile up there). Said at INFO: `celery inspect` prints warnings."""
+    caplog.set_level(logging.INFO, logger=broker.logger.name)
     queue = Queue("replies", Exchange("replies"), routing_key="replies")
     client = redis.Redis.from_url(private_redis.url)
     with connect(private_redis.url) as conn:
@@ -223,6 +226,29 @@ def test_no_ack_consumers_use_plain_brpop(private_redis):
         (message,) = consume(conn, queue, no_ack=True)
     assert message.payload == {"n": 1}
     assert client.keys("*.taken") == [] and client.hlen("unacked") == 0
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "kombu's BRPOP, no taken list, for a consumer with no acknowledgements "
+         "(nothing to record)"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"priority_steps": [0, 5]}, "priorities (priority_steps other than [0]"),
+        ({"priority_steps": [0], "global_keyprefix": "app:"}, "a global_keyprefix"),
+    ],
+)
+def test_one_queue_on_kombus_path_warns_once_why(private_redis, caplog, options, reason):
+    queue = Queue("plain", Exchange("plain"), routing_key="plain")
+    client = redis.Redis.from_url(private_redis.url)
+    with Connection(private_redis.url, transport=Transport, transport_options=options) as conn:
+        publish(conn, queue, {"n": 1}, {"n": 2})
+        got = consume(conn, queue) + consume(conn, queue)
+    assert [m.payload for m in got] == [{"n": 1}, {"n": 2}]
+    assert client.keys("*.taken") == []
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"kombu's BRPOP, no taken list, for a consumer with {reason}")
 
 
 def test_entry_put_back_before_its_record_is_not_run_here(private_redis, monkeypatch):
@@ -264,10 +290,23 @@ def test_failed_ack_on_a_live_channel_is_settled_without_a_reconnect(private_red
         private_redis.stop()
         message.ack()  # deferred
         private_redis.start()
+        wait_until(lambda: redis_answers(client), 30, "redis-server loading its AOF")
         assert client.hexists("unacked", message.delivery_tag)
-        channel.qos.restore_visible()  # what the worker's timer (or an idle poll) calls
-        assert client.hlen("unacked") == 0 and conn.default_channel is channel
+
+        def settled() -> bool:
+            channel.qos.restore_visible()  # what the worker's timer (or an idle poll) calls
+            return client.hlen("unacked") == 0
+
+        wait_until(settled, 30, "the deferred ack")
+        assert conn.default_channel is channel
     assert broker.STATE.acks == set()
+
+
+def redis_answers(client: redis.Redis) -> bool:
+    try:
+        return client.ping()
+    except redis.exceptions.BusyLoadingError:
+        return False
 
 
 def test_a_tag_that_keeps_failing_stays_pending_and_channels_still_open(private_redis, caplog):
