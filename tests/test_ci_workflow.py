@@ -80,9 +80,12 @@ class Replay:
         docker("run", "-d", "--name", container, *flags, image, "sleep", "infinity")
         self.shell("runner image", RUNNER_PREP)
 
-    def shell(self, step: str, script: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        # GitHub's default shell for run steps on Linux.
-        cmd = ["docker", "exec", f"{self.name}-job", "bash", "--noprofile", "--norc", "-eo"]
+    def shell(
+        self, step: str, script: str, env: dict | None = None, timeout: float = 900
+    ) -> subprocess.CompletedProcess:
+        # GitHub's default shell for run steps on Linux; the step's own env on top of the job's.
+        flags = [arg for k, v in (env or {}).items() for arg in ("-e", f"{k}={self.expand(v)}")]
+        cmd = ["docker", "exec", *flags, f"{self.name}-job", "bash", "--noprofile", "--norc", "-eo"]
         proc = run([*cmd, "pipefail", "-c", script], cwd=None, timeout=timeout, check=False)
         assert proc.returncode == 0, (
             f"step {step!r} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
@@ -115,7 +118,7 @@ def test_generated_ci_test_job_passes_in_a_clean_container(require_docker, tmp_p
                 continue
             assert "run" in step and not uses, f"the replay does not know step {step}"
             name = step.get("name", step["run"])
-            output = replay.shell(name, replay.expand(step["run"])).stdout
+            output = replay.shell(name, replay.expand(step["run"]), step.get("env")).stdout
         summary = output.strip().splitlines()[-1]
         print(f"\nCI test job replayed: {summary}")
         assert re.search(r"\d+ passed", summary), summary

@@ -58,11 +58,11 @@ def test_actionlint_catches_a_broken_workflow(tmp_path):
     project = generate(tmp_path)
     workflow = project / ".github/workflows/ci.yml"
     workflow.write_text(
-        workflow.read_text().replace("job.services.redis.id", "job.services.redis.name")
+        workflow.read_text().replace("job.services.redis.ports", "job.services.redis.port")
     )
     proc = actionlint(project)
     assert proc.returncode == 1
-    assert 'property "name" is not defined' in proc.stdout
+    assert 'property "port" is not defined' in proc.stdout
 
 
 def test_workflow_lints_tests_with_redis_service_and_builds_image(default_project):
@@ -73,8 +73,8 @@ def test_workflow_lints_tests_with_redis_service_and_builds_image(default_projec
     assert "make lint" in lint_steps and "pre-commit run --all-files" in lint_steps
     test_job = jobs["test"]
     assert test_job["services"]["redis"]["image"] == "redis:8"
-    assert test_job["env"]["TEST_REDIS_URL"].startswith("redis://:")
-    assert any(step.get("run", "").startswith("make test") for step in test_job["steps"])
+    (tests,) = [s for s in test_job["steps"] if s.get("run", "").startswith("make test")]
+    assert tests["env"]["TEST_REDIS_URL"].startswith("redis://:")
     build = next(
         s for s in jobs["image"]["steps"] if s.get("uses", "").startswith("docker/build-push")
     )
