@@ -14,6 +14,7 @@ from pathlib import Path
 
 # One file per secret in secrets/, named as settings.py reads them from SECRETS_DIR.
 SECRET_FILES = ("redis_password", "flower_password")
+K8S_SECRETS = "deploy/k8s/base/secrets"
 
 
 def new_secret() -> str:
@@ -72,6 +73,8 @@ def main(raw: str, root: Path) -> int:
     answers = json.loads(raw)
     write_private(root / ".env", (root / ".env.example").read_text())
     write_secrets(root / "secrets")
+    # The cluster's own values, for deploy/k8s's secretGenerator (git-ignored there too).
+    write_secrets(root / K8S_SECRETS)
     remove_unchosen(root, answers)
     print(next_steps(answers))
     return 0

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE, generate
+from conftest import TEMPLATE, generate, run
 from cookiecutter.exceptions import FailedHookException
 
 import template_answers as answers
@@ -166,6 +166,17 @@ def test_generated_secrets_are_fresh_files_only_the_owner_can_reach(tmp_path):
     env = (project / ".env").read_text()
     assert not any(value in env for value in first.values())
     assert stat.S_IMODE((project / ".env").stat().st_mode) == 0o600
+
+
+def test_kubernetes_gets_its_own_fresh_secrets_kept_out_of_git(tmp_path):
+    project = generate(tmp_path / "a")
+    cluster = {n: (project / post.K8S_SECRETS / n).read_text() for n in post.SECRET_FILES}
+    for name, value in cluster.items():
+        assert len(value) >= 40 and value not in secret_values(project).values(), name
+    run(["git", "init", "-q"], cwd=project)
+    run(["git", "add", "-A"], cwd=project)
+    tracked = run(["git", "ls-files"], cwd=project).stdout
+    assert "deploy/k8s/base/kustomization.yaml" in tracked and "secrets/" not in tracked
 
 
 def test_env_example_has_no_secret_lines(default_project):

@@ -12,6 +12,7 @@ from bench.commands import (
     tuned_argv,
     untuned_argv,
 )
+from bench.publish import publish_cost
 from bench.runs import (
     Bench,
     WorkerSpec,
@@ -37,6 +38,10 @@ class Sizes:
     mixed_io_tasks: int = 200
     mixed_io_latency: float = 0.5
     noop_tasks: int = 4000
+    # Published without workers, in batches, with and without the durable wait.
+    publish_tasks: int = 1000
+    publish_batch: int = 100
+    publish_rounds: int = 3
     # Task events off (Celery's default) and on (what Flower switches on), side by side.
     events: tuple[bool, ...] = (False, True)
 
@@ -53,6 +58,9 @@ SMOKE = Sizes(
     mixed_io_tasks=20,
     mixed_io_latency=0.2,
     noop_tasks=100,
+    publish_tasks=100,
+    publish_batch=50,
+    publish_rounds=1,
     # Each worker start and stop costs seconds: CI checks the code paths, once.
     events=(False,),
 )
@@ -323,4 +331,10 @@ def _overhead_row(bench: Bench, sizes: Sizes, variant: str, events: bool) -> dic
     return {"variant": variant, "events": events, "cpu_bound_tasks_per_s": ceiling, **result}
 
 
-SCENARIOS = {"io": io_throughput, "memory": memory, "mixed": mixed, "overhead": overhead}
+SCENARIOS = {
+    "io": io_throughput,
+    "memory": memory,
+    "mixed": mixed,
+    "overhead": overhead,
+    "publish": publish_cost,
+}

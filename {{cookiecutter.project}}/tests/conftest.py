@@ -124,6 +124,8 @@ def stack_env(redis_url, demo_api_url, tmp_path_factory) -> dict[str, str]:
         IO_CONCURRENCY="200",
         CPU_CONCURRENCY="2",
     )
+    # Retries of failing I/O tasks: 3 waits of ~0.25..2 s, so a test sees them all quickly.
+    env.update(IO_MAX_RETRIES="3", RETRY_BACKOFF_BASE="0.5")
     return env
 
 
@@ -186,3 +188,33 @@ def run_producer(stack_env, workers):
         )
 
     return run
+
+
+def with_redis(stack_env: dict[str, str], url: str, folder: Path) -> dict[str, str]:
+    """``stack_env`` on another Redis: its full URL, and an empty secrets folder."""
+    return {**stack_env, "REDIS_URL": url, "SECRETS_DIR": str(folder)}
+
+
+def make_client(redis_url: str):
+    """A Celery client with the app's routing and serializers, on ``redis_url``.
+
+    The app module itself was configured at import with the unit tests' placeholder URL.
+    """
+    from celery import Celery
+
+    from {{ cookiecutter.package }}.celery_app import app
+
+    client = Celery("{{ cookiecutter.package }}", set_as_current=False)
+    shared = ("broker_transport", "task_queues", "task_routes", "task_default_queue",
+              "task_serializer", "result_serializer", "accept_content", "result_accept_content")  # fmt: skip
+    client.conf.update({name: app.conf[name] for name in shared})
+    client.conf.update(broker_url=redis_url, result_backend=redis_url)
+    return client
+
+
+@pytest.fixture(scope="session")
+def celery_client(redis_url, workers):
+    """A Celery client of the running stack."""
+    client = make_client(redis_url)
+    yield client
+    client.close()

@@ -360,6 +360,7 @@ def test_reply_read_after_cancel_goes_back_to_the_queue(private_redis):
         consumer.consume()
         conn.transport.cycle.on_poll_start()  # BLMOVE sent on `channel`
         consumer.cancel()
+        assert channel._ack_queues == set()
         channel.close()
     assert (client.llen("late"), client.llen("late.taken"), client.hlen("unacked")) == (1, 0, 0)
 

@@ -57,6 +57,7 @@ def test_values_from_env_are_typed(clean_env):
         ("TASK_EVENTS", "maybe"),
         ("DURABLE_PUBLISH", "maybe"),
         ("DURABLE_PUBLISH_TIMEOUT", "0"),
+        ("DURABLE_PUBLISH_TIMEOUT", "60"),
         ("TASK_TIME_LIMIT", "0"),
         ("VISIBILITY_TIMEOUT", "10"),
         ("LOG_LEVEL", "LOUD"),

@@ -53,7 +53,7 @@ def wait_for_aof(client, timeout: float) -> tuple[int, int]:
         _, (local, replicas) = pipe.execute()
     except ResponseError as exc:
         raise DurablePublishError(_explain(client, exc)) from None
-    except RedisTimeout as exc:  # the client's socket timeout is shorter than ours
+    except RedisTimeout as exc:  # the connection's socket_timeout (30 s) is shorter than ours
         raise DurablePublishError(f"no answer to WAITAOF from Redis ({exc})") from None
     if local < 1:
         raise DurablePublishError(

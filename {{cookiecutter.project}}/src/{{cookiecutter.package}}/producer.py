@@ -1,6 +1,7 @@
 """Enqueue the example workload, wait for it, and report where and how every task ran.
 
     python -m {{ cookiecutter.package }}.producer --cpu 20 --io 200 [--json]
+    python -m {{ cookiecutter.package }}.producer pipeline --fetches 20   # see pipeline.py
 
 While waiting it shows a live progress bar per queue on stderr (none with --json), then prints
 the summary on stdout. Exit status: 0 when every task succeeded, 1 when any failed or timed out,
@@ -294,6 +295,11 @@ def _exit_unpublished(jobs: list[Job], exc: BaseException, as_json: bool) -> NoR
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pipeline"]:  # the second command: fetches on io reduced on cpu
+        from {{ cookiecutter.package }} import pipeline
+
+        return pipeline.main(argv[1:])
     args = parse_args(argv)
     jobs = build_workload(args.cpu, args.io, args.cpu_limit, args.io_delay)
     started = time.time()

@@ -57,8 +57,13 @@ ACCEPTED = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "demo_api_url": "an http:// or https:// URL",
     "heartbeat_file": "an absolute file path",
+    "beat_max_loop_interval": "seconds, an integer from 1 to 5 (the health check allows 15 s)",
+    "beat_lock_timeout": "seconds, an integer from 3 to 600, at least 3 x BEAT_MAX_LOOP_INTERVAL",
+    "io_max_retries": "an integer from 0 to 50",
+    "retry_backoff_base": "seconds, a number from 0.01 to 60",
+    "retry_backoff_max": "seconds, a number from 0.01 to 3600, below VISIBILITY_TIMEOUT",
     "durable_publish": "true or false (true needs Redis 7.2+ with appendonly yes)",
-    "durable_publish_timeout": "seconds, a number above 0 and up to 300",
+    "durable_publish_timeout": "seconds, a number above 0 and up to 25",
 }
 
 Concurrency = Annotated[int, Field(ge=1, le=1024)]
@@ -95,10 +100,19 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     demo_api_url: AnyHttpUrl = AnyHttpUrl("http://demo-api:8000")
     heartbeat_file: str = "/tmp/worker-heartbeat"
+    # Beat wakes at least this often; the lock holder renews the lock on each wake-up.
+    beat_max_loop_interval: int = Field(5, ge=1, le=5)
+    # A standby beat takes over at most this long (plus one loop) after the holder dies.
+    beat_lock_timeout: int = Field(30, ge=3, le=600)
+    # Transient I/O failures: retried this often, waits doubling from the base up to the max.
+    io_max_retries: int = Field(5, ge=0, le=50)
+    retry_backoff_base: float = Field(1.0, ge=0.01, le=60)
+    retry_backoff_max: float = Field(60.0, ge=0.01, le=3600)
     # Opt-in: the producer returns only once Redis has fsynced what it published (WAITAOF,
     # Redis 7.2+); otherwise a machine crash can lose the last ~1 s of sent tasks. See durable.py.
     durable_publish: bool = False
-    durable_publish_timeout: float = Field(5.0, gt=0, le=300)
+    # Below the broker connection's socket_timeout (30 s), which would cut the wait short.
+    durable_publish_timeout: float = Field(5.0, gt=0, le=25)
 
     @classmethod
     def settings_customise_sources(
@@ -172,6 +186,28 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"VISIBILITY_TIMEOUT={self.visibility_timeout} must be above "
                 f"TASK_TIME_LIMIT={self.task_time_limit}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lock_outlives_loops(self) -> Settings:
+        # The holder renews the lock once per loop: a lock shorter than a few loops would
+        # expire under a briefly stalled holder and hand the schedule to the standby.
+        if self.beat_lock_timeout < 3 * self.beat_max_loop_interval:
+            raise ValueError(
+                f"BEAT_LOCK_TIMEOUT={self.beat_lock_timeout} must be at least 3 x "
+                f"BEAT_MAX_LOOP_INTERVAL={self.beat_max_loop_interval}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _retry_wait_below_visibility(self) -> Settings:
+        # A retry waits in the worker as an unacknowledged message: waiting past the
+        # visibility timeout would have Redis hand it to a second worker too.
+        if self.retry_backoff_max >= self.visibility_timeout:
+            raise ValueError(
+                f"RETRY_BACKOFF_MAX={self.retry_backoff_max:g} must be below "
+                f"VISIBILITY_TIMEOUT={self.visibility_timeout}"
             )
         return self
 
