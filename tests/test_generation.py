@@ -37,7 +37,8 @@ CASES = {
     },
 }
 
-UNRENDERED = re.compile(r"{{|}}|{%|%}|cookiecutter\.")
+# An opening tag or a cookiecutter variable; a lone "}}" is ordinary code (a nested dict).
+UNRENDERED = re.compile(r"{{|{%|cookiecutter\.")
 # GitHub Actions expressions (${{ github.ref }}) are meant to stay; only in workflow files.
 GHA_EXPRESSION = re.compile(r"\$\{\{ [\w.\[\]'-]+ \}\}")
 BINARY_SUFFIXES = {".png", ".jpg", ".ico"}
