@@ -25,7 +25,7 @@ SIZES = {"full": (4000, 0.5, 20, 300_000, 400), "smoke": (100, 0.2, 4, 20_000, 2
 def slots() -> dict[str, dict[str, int]]:
     """Concurrency of each live worker, by kind (the part of its name before the @)."""
     stats = app.control.inspect(timeout=5).stats() or {}
-    found: dict[str, dict[str, int]] = {"cpu": {}, "io": {}}
+    found: dict[str, dict[str, int]] = {kind: {} for kind in ("cpu", "io")}
     for name, info in stats.items():
         kind = name.split("@", 1)[0]
         if kind in found:
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         io_row(n_io, latency, sum(found["io"].values())),
         mixed_row(n_cpu, limit, n_mixed, latency),
     ]
-    json.dump({"mode": "stack", "slots": found, "results": {"stack": rows}}, sys.stdout)
+    results = {"stack": rows}
+    json.dump({"mode": "stack", "slots": found, "results": results}, sys.stdout)
     return 0 if all(row["succeeded"] == row["n"] for row in rows) else 1
 
 
