@@ -118,7 +118,9 @@ def test_generated_ci_test_job_passes_in_a_clean_container(require_docker, tmp_p
                 continue
             assert "run" in step and not uses, f"the replay does not know step {step}"
             name = step.get("name", step["run"])
-            output = replay.shell(name, replay.expand(step["run"]), step.get("env")).stdout
+            # The job's own limit bounds each step, as on GitHub.
+            limit = 60 * job.get("timeout-minutes", 360)
+            output = replay.shell(name, replay.expand(step["run"]), step.get("env"), limit).stdout
         summary = output.strip().splitlines()[-1]
         print(f"\nCI test job replayed: {summary}")
         assert re.search(r"\d+ passed", summary), summary
