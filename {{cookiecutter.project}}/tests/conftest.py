@@ -55,11 +55,15 @@ class RedisServer:
             f'requirepass {password}\ndir "{workdir}"\n'
         )
         self.url = f"redis://:{password}@127.0.0.1:{self.port}/0"
+        self.options: list[str] = []  # command-line options, e.g. --appendfsync always: they win
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
-            [self.server, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+            [self.server, "-", *self.options],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
         )
         self.proc.stdin.write(self.config)
         self.proc.stdin.close()  # redis-server reads its config up to end of input
