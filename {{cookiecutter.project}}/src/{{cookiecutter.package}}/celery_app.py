@@ -11,6 +11,7 @@ from celery import Celery, bootsteps, signals
 from celery.concurrency import get_implementation
 from kombu import Exchange, Queue
 
+from {{ cookiecutter.package }}.events import BufferedTaskEvents
 from {{ cookiecutter.package }}.settings import get_settings
 
 CPU_QUEUE = "cpu"
@@ -97,6 +98,8 @@ def make_app() -> Celery:
         worker_redirect_stdouts_level="INFO",
     )
     app.steps["worker"].add(Heartbeat)
+    # Task events in batches under gevent too (see events.py).
+    app.steps["consumer"].add(BufferedTaskEvents)
     return app
 
 
