@@ -69,7 +69,9 @@ def make_app() -> Celery:
         result_expires=settings.result_expires,
         result_extended=False,
         worker_send_task_events=settings.task_events,
-        task_send_sent_event=False,
+        # The producer's task-sent event carries the queue and the time sent: the exporter's
+        # metrics by queue and time waiting in the queue need it (metrics.py).
+        task_send_sent_event=settings.task_events,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             # Redis re-delivers a task not acked within this time: keep it above the longest task.
