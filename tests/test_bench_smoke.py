@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from conftest import DEFAULT_PACKAGE, generate, run
+from conftest import generate, run
 
 # Figures each scenario must report as positive numbers, per row.
 FIGURES = {
@@ -32,7 +32,7 @@ def test_bench_smoke_reports_every_scenario(tmp_path):
     run(["uv", "sync", "--locked", "--quiet", "--group", "bench"], cwd=project, env=env)
     out = tmp_path / "results"
     bench = ["uv", "run", "--locked", "--group", "bench", "python", "-m"]
-    bench += [f"{DEFAULT_PACKAGE}.bench", "--smoke", "--out", str(out)]
+    bench += ["bench", "--smoke", "--out", str(out)]
     proc = run(bench, cwd=project, env=env, timeout=900)
 
     assert (out / "bench-results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -56,7 +56,7 @@ def test_bench_smoke_reports_every_scenario(tmp_path):
 def test_bench_rejects_an_unknown_scenario(tmp_path):
     project = generate(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-    cmd = ["uv", "run", "--locked", "python", "-m", f"{DEFAULT_PACKAGE}.bench"]
+    cmd = ["uv", "run", "--locked", "python", "-m", "bench"]
     proc = run([*cmd, "--scenarios", "io,speed"], cwd=project, env=env, check=False)
     assert proc.returncode == 2
     assert "unknown speed" in proc.stderr

@@ -16,7 +16,7 @@ MAKE_TARGETS = {
     "logs": "docker compose logs --follow --tail=100",
     "test": "uv run --locked pytest",
     "lint": "uv run --locked ruff check .",
-    "bench": "uv run --locked --group bench python -m task_queue.bench",
+    "bench": "uv run --locked --group bench python -m bench",
     "producer": "docker compose run --rm producer",
     "shell": "docker compose exec worker-cpu bash",
 }

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.package }}.bench import procs
-from {{ cookiecutter.package }}.bench.commands import (
+from bench import procs
+from bench.commands import (
     tuned_argv,
     untuned_argv,
 )
-from {{ cookiecutter.package }}.bench.runs import task_timings
+from bench.runs import task_timings
 from {{ cookiecutter.package }}.celery_app import CPU_CHILD_NICE
 from {{ cookiecutter.package }}.producer import Job
 from {{ cookiecutter.package }}.settings import Settings
@@ -35,7 +35,7 @@ def test_tuned_command_is_the_worker_command_with_only_queue_and_name_changed():
 def test_untuned_command_carries_no_tuning():
     argv = untuned_argv("gevent", 500, "io", "plain", events=False)
     flags = [arg for arg in argv if arg.startswith("-") and arg != "-m"]
-    assert flags[0] == "-A" and argv[argv.index("-A") + 1].endswith(".bench.untuned")
+    assert flags[0] == "-A" and argv[argv.index("-A") + 1] == "bench.untuned"
     assert sorted(flags[1:]) == sorted(
         [
             "--pool=gevent",
@@ -49,7 +49,7 @@ def test_untuned_command_carries_no_tuning():
 
 
 def test_untuned_app_has_celery_defaults_and_the_same_tasks():
-    from {{ cookiecutter.package }}.bench.untuned import app as plain
+    from bench.untuned import app as plain
     from {{ cookiecutter.package }}.tasks import cpu, io
 
     assert plain.backend.thread_safe is False  # a backend per greenlet
@@ -89,7 +89,7 @@ def test_cpu_and_pss_of_a_process_tree():
 
 @pytest.mark.parametrize("arg", ["--scenarios=nope", "--scenarios=,"])
 def test_bad_scenario_list_is_refused(arg):
-    from {{ cookiecutter.package }}.bench.__main__ import parse_args
+    from bench.__main__ import parse_args
 
     with pytest.raises(SystemExit) as error:
         parse_args([arg])

@@ -19,7 +19,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NoReturn
 
+from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
 from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -153,7 +155,7 @@ def summarize(jobs: list[Job], started: float) -> dict:
             "duration_max_s": _round(max(durations, default=None)),
             "latency_p50_s": _round(_percentile(latencies, 50)),
             "latency_p99_s": _round(_percentile(latencies, 99)),
-            "cpu_seconds": _round(sum(v["cpu_seconds"] for v in done)),
+            "cpu_seconds": _cpu_total(done),
             "errors": sorted(Counter(job.error for job in mine if job.error).items()),
         }
     succeeded = sum(q["succeeded"] for q in queues.values())
@@ -165,6 +167,13 @@ def summarize(jobs: list[Job], started: float) -> dict:
         "elapsed_s": _round(time.time() - started),
         "queues": queues,
     }
+
+
+def _cpu_total(done: list[dict]) -> float | None:
+    """Sum of the tasks' own CPU time; None if any task could not measure its own (gevent)."""
+    if any(v["cpu_seconds"] is None for v in done):
+        return None
+    return _round(sum(v["cpu_seconds"] for v in done))
 
 
 def peak_in_flight(spans: list[tuple[float, float]]) -> int:
@@ -181,36 +190,52 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def print_table(summary: dict) -> None:
-    from rich.console import Console
+# The table's rows: label and how to show it from one queue's JSON summary. Queues are the
+# columns, so the table stays 3 columns wide and fits 80; --json carries every figure shown.
+TABLE_ROWS = (
+    ("succeeded/sent", lambda q: f"{q['succeeded']}/{q['submitted']}"),
+    ("pool", lambda q: _pools(q["pools"])),
+    ("workers", lambda q: str(len(q["workers"]))),
+    ("peak in flight", lambda q: str(q["peak_in_flight"])),
+    ("makespan", lambda q: _seconds(q["makespan_s"])),
+    ("task time p50", lambda q: _seconds(q["duration_p50_s"])),
+    ("task time max", lambda q: _seconds(q["duration_max_s"])),
+    ("sent->done p50", lambda q: _seconds(q["latency_p50_s"])),
+    ("sent->done p99", lambda q: _seconds(q["latency_p99_s"])),
+    ("task CPU total", lambda q: _seconds(q["cpu_seconds"])),
+)
+
+
+def summary_table(summary: dict):
+    """Figures as rows, queues as columns; worker names go below (they can be long)."""
     from rich.table import Table
 
-    table = Table(title=f"{summary['succeeded']}/{summary['submitted']} tasks succeeded")
-    columns = (
-        "queue",
-        "ok/sent",
-        "workers",
-        "pools",
-        "peak",
-        "makespan",
-        "p50 task",
-        "p99 latency",
-    )
-    for column in columns:
-        table.add_column(column)
+    title = f"{summary['succeeded']}/{summary['submitted']} tasks succeeded"
+    table = Table(title=f"{title} in {_seconds(summary['elapsed_s'])}", title_justify="left")
+    table.add_column("")
+    for name in summary["queues"]:
+        table.add_column(name, no_wrap=True)
+    for label, show in TABLE_ROWS:
+        table.add_row(label, *(show(q) for q in summary["queues"].values()))
+    return table
+
+
+def _pools(pools: dict) -> str:
+    if len(pools) == 1:
+        return next(iter(pools))
+    return ", ".join(f"{pool} x{n}" for pool, n in pools.items()) or "-"
+
+
+def print_table(summary: dict, console=None) -> None:
+    from rich.console import Console
+
+    console = console or Console()
+    console.print(summary_table(summary))
     for name, q in summary["queues"].items():
-        table.add_row(
-            name,
-            f"{q['succeeded']}/{q['submitted']}",
-            ", ".join(f"{w} x{n}" for w, n in q["workers"].items()) or "-",
-            ", ".join(f"{p} x{n}" for p, n in q["pools"].items()) or "-",
-            str(q["peak_in_flight"]),
-            _seconds(q["makespan_s"]),
-            _seconds(q["duration_p50_s"]),
-            _seconds(q["latency_p99_s"]),
-        )
-    console = Console()
-    console.print(table)
+        for worker, count in q["workers"].items():
+            console.print(f"{name}: {count} tasks ran on {worker}", highlight=False)
+    if any(q["cpu_seconds"] is None and q["succeeded"] for q in summary["queues"].values()):
+        console.print("task CPU total: not measured under gevent (tasks share one CPU clock)")
     for name, q in summary["queues"].items():
         for error, count in q["errors"]:
             console.print(f"[red]{name}: {count} x {error}[/red]")
@@ -246,26 +271,32 @@ def _count(text: str) -> int:
     return value
 
 
+def _exit_unpublished(jobs: list[Job], exc: BaseException) -> NoReturn:
+    sent = sum(1 for job in jobs if job.result is not None)
+    reason = " ".join(str(exc).split())
+    print(
+        f"error: cannot publish to Redis ({reason}); {sent} of {len(jobs)} tasks were sent",
+        file=sys.stderr,
+        flush=True,
+    )
+    # Exit now: Celery's exit-time cleanup would try to reach the dead Redis again and
+    # hung the process (measured); nothing is left to flush, the sent tasks are in Redis.
+    sys.stdout.flush()
+    os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     jobs = build_workload(args.cpu, args.io, args.cpu_limit, args.io_delay)
     started = time.time()
     try:
         submit(jobs)
-    except (OperationalError, RedisConnectionError, RuntimeError) as exc:
-        # OperationalError: publish retries used up. The others come from the result
-        # backend's own reconnect attempts (its retry limit raises RuntimeError).
-        sent = sum(1 for job in jobs if job.result is not None)
-        reason = " ".join(str(exc).split())
-        print(
-            f"error: cannot publish to Redis ({reason}); {sent} of {len(jobs)} tasks were sent",
-            file=sys.stderr,
-            flush=True,
-        )
-        # Exit now: Celery's exit-time cleanup would try to reach the dead Redis again and
-        # hung the process (measured); nothing is left to flush, the sent tasks are in Redis.
-        sys.stdout.flush()
-        os._exit(1)
+    except (OperationalError, RedisConnectionError) as exc:  # publish retries used up
+        _exit_unpublished(jobs, exc)
+    except RuntimeError as exc:
+        if str(exc) != E_RETRY_LIMIT_EXCEEDED:
+            raise
+        _exit_unpublished(jobs, exc.__cause__ or exc)  # the result backend's reconnects ran out
     if args.json:
         wait(jobs, args.timeout)  # stdout and stderr stay free of progress output
     else:

@@ -9,7 +9,19 @@ import time
 from {{ cookiecutter.package }}.celery_app import RUNTIME
 
 
-def run_info(task, started: float, cpu_started: float) -> dict:
+def cpu_clock() -> float | None:
+    """CPU seconds of the running task's own process or thread; None under gevent.
+
+    A prefork child or a solo worker runs one task at a time, a thread pool one task per thread;
+    gevent's greenlets share one thread, so no clock tells one task's CPU from another's.
+    """
+    pool = RUNTIME["pool"]
+    if pool == "gevent":
+        return None
+    return time.thread_time() if pool == "threads" else time.process_time()
+
+
+def run_info(task, started: float, cpu_started: float | None) -> dict:
     """What every example task returns: where and how it ran, from its own clock."""
     return {
         "worker": task.request.hostname,
@@ -18,5 +30,5 @@ def run_info(task, started: float, cpu_started: float) -> dict:
         "pid": os.getpid(),
         "started": started,
         "finished": time.time(),
-        "cpu_seconds": time.process_time() - cpu_started,
+        "cpu_seconds": None if cpu_started is None else cpu_clock() - cpu_started,
     }

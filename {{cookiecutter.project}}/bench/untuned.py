@@ -1,6 +1,6 @@
 """Celery with nothing tuned: the baseline the template is measured against.
 
-    celery -A {{ cookiecutter.package }}.bench.untuned worker --pool=gevent --concurrency=500 -Q io
+    celery -A bench.untuned worker --pool=gevent --concurrency=500 -Q io
 
 Only the broker and result backend are set. The example tasks are shared tasks
 (``@app.task`` registers them on every app), so this app runs the very same code with

@@ -34,7 +34,7 @@ def untuned_argv(pool: str, concurrency: int, queue: str, name: str, events: boo
     ``-Q`` picks the queue the scenario fills, ``--loglevel=INFO`` gives the "ready." line the
     benchmark waits for (the tuned worker logs at INFO too), ``-E`` is what Flower switches on.
     """
-    app = "{{ cookiecutter.package }}.bench.untuned"
+    app = "bench.untuned"
     argv = [sys.executable, "-m", "celery", "-A", app]
     argv += ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--queues={queue}"]
     argv += [f"--hostname={name}@%h", "--loglevel=INFO"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from {{ cookiecutter.package }}.bench import procs
+from bench import procs
 from {{ cookiecutter.package }}.producer import Job, submit, wait
 
 # Redis lists the example workload can land in: the template's two queues, Celery's default one.

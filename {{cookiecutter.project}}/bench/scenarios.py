@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from {{ cookiecutter.package }}.bench.commands import (
+from bench.commands import (
     tuned_argv,
     untuned_argv,
 )
-from {{ cookiecutter.package }}.bench.runs import (
+from bench.runs import (
     Bench,
     WorkerSpec,
     cores,
@@ -228,7 +228,7 @@ def mixed(bench: Bench, sizes: Sizes) -> list[dict]:
 def _mixed_jobs(sizes: Sizes, default: bool) -> list[Job]:
     if default:
         # Celery's default app has no routes: everything goes to its one queue, "celery".
-        from {{ cookiecutter.package }}.bench.untuned import app as plain
+        from bench.untuned import app as plain
 
         cpu_sig = lambda: plain.signature(cpu.count_primes.name, args=(sizes.mixed_cpu_limit,))  # noqa: E731
         io_sig = lambda: plain.signature(io.wait_on_api.name, args=(sizes.mixed_io_latency,))  # noqa: E731

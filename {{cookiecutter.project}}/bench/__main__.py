@@ -1,8 +1,8 @@
 """Run the benchmark against real Redis and real workers started here as local processes.
 
-    python -m {{ cookiecutter.package }}.bench                 # full run (about 12 minutes on 2 cores)
-    python -m {{ cookiecutter.package }}.bench --smoke         # tiny batches, for CI
-    python -m {{ cookiecutter.package }}.bench --scenarios io,mixed
+    python -m bench                 # full run (about 12 minutes on 2 cores)
+    python -m bench --smoke         # tiny batches, for CI
+    python -m bench --scenarios io,mixed
 
 Writes bench-results.json and bench-results.png to --out. Exit status 1 if any task failed.
 """
@@ -19,9 +19,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from {{ cookiecutter.package }}.bench import procs
+from bench import procs
 
 NAMES = ("io", "memory", "mixed", "overhead")
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,11 +48,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def clean_environment() -> dict[str, str]:
-    """The caller's environment without the stack's knobs: each run sets what it compares."""
+    """The caller's environment without the stack's knobs: each run sets what it compares.
+
+    The project folder goes on PYTHONPATH: the untuned workers import ``bench.untuned``,
+    which is not part of the installed package.
+    """
     from {{ cookiecutter.package }}.settings import Settings
 
     knobs = {name.upper() for name in Settings.model_fields}
-    return {key: value for key, value in os.environ.items() if key.upper() not in knobs}
+    env = {key: value for key, value in os.environ.items() if key.upper() not in knobs}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
+    return env
 
 
 def require_matplotlib() -> None:
@@ -94,8 +101,8 @@ def _run(args, base: dict[str, str], redis_url: str, api_url: str, workdir: Path
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from {{ cookiecutter.package }}.bench import report, scenarios, targets
-    from {{ cookiecutter.package }}.bench.runs import Bench
+    from bench import report, scenarios, targets
+    from bench.runs import Bench
 
     sizes = scenarios.SMOKE if args.smoke else scenarios.FULL
     # Wide tables also when the output goes to a file or CI log.
@@ -132,7 +139,7 @@ def machine(redis_url: str) -> dict:
     import gevent
     import redis
 
-    from {{ cookiecutter.package }}.bench.runs import cores
+    from bench.runs import cores
 
     server = redis.Redis.from_url(redis_url).info("server")
     return {

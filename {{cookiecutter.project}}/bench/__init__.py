@@ -1,0 +1,1 @@
+"""Benchmark of the pool choice against Celery's defaults: ``python -m bench``."""

@@ -1,1 +1,0 @@
-"""Benchmark of the pool choice against Celery's defaults: ``python -m {{ cookiecutter.package }}.bench``."""
