@@ -8,6 +8,9 @@
 set -euo pipefail
 
 BASE_IMAGES=${BASE_IMAGES:-"python:3.13-slim python:3.12-slim python:3.11-slim redis:8"}
+# The monitoring profile's Prometheus (Grafana has no stand-in: its dashboard's queries are
+# tested against Prometheus instead).
+PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE:-prom/prometheus:v3.5.0}
 STATE=${DOCKER_SETUP_DIR:-/var/tmp/docker-setup}
 export DEBIAN_FRONTEND=noninteractive
 mkdir -p "$STATE"
@@ -83,6 +86,27 @@ build_standin() {
     -c 'WORKDIR /data' - standin:trixie >/dev/null
 }
 
+# Debian's prometheus package, unpacked (installing it would start a service): promtool for
+# the alert rule tests, and where no registry is reachable, a stand-in image with its server
+# at the official image's path.
+prometheus() {
+  local dir="$STATE/prometheus"
+  if [ ! -x "$dir/usr/bin/promtool" ]; then
+    log "unpacking Debian's prometheus package"
+    mkdir -p "$dir"
+    (cd "$dir" && { apt-get download prometheus 2>/dev/null \
+      || { apt-get update -qq && apt-get download prometheus; }; } && dpkg -x prometheus_*.deb .)
+  fi
+  install -m 0755 "$dir/usr/bin/promtool" /usr/local/bin/promtool
+  docker image inspect "$PROMETHEUS_IMAGE" >/dev/null 2>&1 && return
+  timeout 60 docker pull -q "$PROMETHEUS_IMAGE" >/dev/null 2>&1 && return
+  docker image inspect standin:trixie >/dev/null 2>&1 || build_standin
+  log "building a stand-in for $PROMETHEUS_IMAGE from Debian's prometheus"
+  printf '%s\n' 'FROM standin:trixie' 'COPY usr/bin/prometheus usr/bin/promtool /bin/' \
+    'RUN mkdir -p /prometheus /etc/prometheus' 'WORKDIR /prometheus' \
+    | docker build -q -t "$PROMETHEUS_IMAGE" -f - "$dir" >/dev/null
+}
+
 main() {
   install_engine
   install_compose_plugin
@@ -96,6 +120,7 @@ main() {
       docker tag standin:trixie "$tag"
     done
   fi
+  prometheus
   docker compose version
 }
 
