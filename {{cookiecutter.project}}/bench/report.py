@@ -51,12 +51,24 @@ COLUMNS = {
         ("CPU ms/task", "cpu_ms_per_task"),
         ("CPU-bound tasks/s", "cpu_bound_tasks_per_s"),
     ],
+    "exporter": [
+        ("L s", "latency_s"),
+        ("variant", "variant"),
+        ("n", "n"),
+        ("ok", "succeeded"),
+        ("% of bound", "pct_of_bound"),
+        ("worker CPU ms/task", "cpu_ms_per_task"),
+        ("exporter CPU s", "exporter_cpu_s"),
+        ("exporter CPU ms/task", "exporter_cpu_ms_per_task"),
+        ("exporter counted", "exporter_counted"),
+    ],
 }
 TITLES = {
     "io": "1. I/O throughput (bound: N*L/C, i.e. C/L tasks/s)",
     "memory": "2. Memory per concurrency slot (floor: the idle worker)",
     "mixed": "3. Mixed load (bound: max(CPU work / cores, N*L/C))",
     "overhead": "4. Per-task overhead, no-op tasks (bound: usable cores / CPU per task)",
+    "exporter": "5. Metrics exporter's own CPU, consuming the events of the io batch",
 }
 
 
@@ -102,7 +114,7 @@ def write_chart(path: Path, results: dict) -> None:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    panels = [name for name in ("io", "memory", "mixed", "overhead") if results.get(name)]
+    panels = [name for name in PANELS if results.get(name)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)
     for ax, name in zip(axes[:, 0], panels, strict=True):
         PANELS[name](ax, results[name])
@@ -168,9 +180,17 @@ def _overhead_panel(ax, rows):
     )
 
 
+def _exporter_panel(ax, rows):
+    labels = ["worker", "exporter"]
+    for row in rows:
+        values = [row.get("cpu_ms_per_task"), row.get("exporter_cpu_ms_per_task")]
+        _bars(ax, labels, values, "CPU ms per task", TITLES["exporter"])
+
+
 PANELS = {
     "io": _io_panel,
     "memory": _memory_panel,
     "mixed": _mixed_panel,
     "overhead": _overhead_panel,
+    "exporter": _exporter_panel,
 }
