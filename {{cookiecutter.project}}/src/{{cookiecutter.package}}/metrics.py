@@ -13,13 +13,15 @@ read from Redis on each scrape:
   not yet recorded as unacked; they stay there only if something went wrong);
 - ``celery_unacked_oldest_age_seconds``: age of the oldest unacknowledged delivery;
 - ``celery_broker_up``, ``celery_broker_memory_used_bytes``, ``celery_broker_memory_max_bytes``;
-- ``celery_worker_concurrency{worker}``: pool size per worker (``inspect stats``, at most once a
-  minute), to turn Flower's running-task count into a utilisation.
+- ``celery_worker_concurrency{worker}``: pool size per worker (``inspect stats`` once a minute,
+  off the scrape path), to turn Flower's running-task count into a utilisation.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 import time
 
 from celery.bin.celery import celery
@@ -29,6 +31,8 @@ from prometheus_client.registry import Collector
 
 from {{ cookiecutter.package }}.broker import TAKEN_SUFFIX
 from {{ cookiecutter.package }}.celery_app import app
+
+logger = logging.getLogger(__name__)
 
 PORT = 9808
 STATS_EVERY = 60.0  # seconds between `inspect stats` broadcasts
@@ -45,7 +49,19 @@ class StackCollector(Collector):
     def __init__(self, celery_app):
         self.app = celery_app
         self.concurrency: dict[str, int] = {}
-        self.stats_at = float("-inf")
+
+    def start(self) -> StackCollector:
+        threading.Thread(target=self._poll_workers, name="inspect-stats", daemon=True).start()
+        return self
+
+    def _poll_workers(self) -> None:
+        while True:
+            try:
+                stats = self.app.control.inspect(timeout=STATS_TIMEOUT).stats() or {}
+                self.concurrency = {n: s["pool"]["max-concurrency"] for n, s in stats.items()}
+            except Exception as exc:  # Redis down: keep the last answer
+                logger.warning("inspect stats failed: %r", exc)
+            time.sleep(STATS_EVERY)
 
     def describe(self):
         return []  # no Redis call when the collector is registered
@@ -84,15 +100,6 @@ class StackCollector(Collector):
         yield gauge("celery_broker_memory_max_bytes", "Redis maxmemory", memory["maxmemory"])
 
     def _workers(self):
-        if time.monotonic() - self.stats_at >= STATS_EVERY:
-            self.stats_at = time.monotonic()
-            try:
-                stats = self.app.control.inspect(timeout=STATS_TIMEOUT).stats() or {}
-            except Exception:
-                stats = {}
-            self.concurrency = {
-                name: info["pool"]["max-concurrency"] for name, info in stats.items()
-            }
         family = gauge("celery_worker_concurrency", "Pool size per worker", labels=["worker"])
         for name, size in sorted(self.concurrency.items()):
             family.add_metric([name], size)
@@ -105,7 +112,7 @@ def main(args: list[str] | None = None) -> None:
     if args and port is None:
         print("usage: python -m {{ cookiecutter.package }}.metrics [--port N]", file=sys.stderr)
         raise SystemExit(2)
-    exporter.REGISTRY.register(StackCollector(app))
+    exporter.REGISTRY.register(StackCollector(app).start())
     argv = ["-A", "{{ cookiecutter.package }}.celery_app", "prometheus", "--queue-length"]
     # In this process, so the exporter serves the collector registered above.
     celery.main([*argv, f"--port={port or PORT}"], prog_name="celery", auto_envvar_prefix="CELERY")
