@@ -1,4 +1,4 @@
-"""Finish the generated project: fresh secrets in .env, unchosen files removed, next steps.
+"""Finish the generated project: fresh secrets in secrets/, .env, unchosen files removed.
 
 Runs inside the new project folder. Functions are unit-tested in tests/test_hooks.py.
 """
@@ -12,7 +12,9 @@ import shutil
 import sys
 from pathlib import Path
 
-SECRET_KEYS = ("REDIS_PASSWORD", "FLOWER_PASSWORD")
+# One file per secret in secrets/, named as settings.py reads them from SECRETS_DIR.
+SECRET_FILES = ("redis_password", "flower_password")
+K8S_SECRETS = "deploy/k8s/base/secrets"
 
 
 def new_secret() -> str:
@@ -20,28 +22,25 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def render_env(example: str, secrets_by_key: dict[str, str]) -> str:
-    """.env.example with every secret filled in; fails if a secret has no line to fill."""
-    lines, filled = [], set()
-    for line in example.splitlines():
-        key = line.split("=", 1)[0]
-        if key in secrets_by_key and not line.startswith("#"):
-            line = f"{key}={secrets_by_key[key]}"
-            filled.add(key)
-        lines.append(line)
-    missing = set(secrets_by_key) - filled
-    if missing:
-        raise ValueError(f".env.example has no line for {', '.join(sorted(missing))}")
-    return "\n".join(lines) + "\n"
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write atomically with mode 0600: a crash leaves no half-written .env."""
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write atomically with ``mode``: a crash leaves no half-written file."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # O_CREAT keeps the mode of a leftover
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def write_secrets(folder: Path) -> None:
+    """A fresh value per secret file. The folder is owner-only; the files are world-readable
+    so that compose's bind mounts (host owner and mode kept) can be read by uid 10001."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    folder.chmod(0o700)
+    for name in SECRET_FILES:
+        write_private(folder / name, new_secret(), mode=0o444)
 
 
 def remove_unchosen(root: Path, answers: dict) -> list[str]:
@@ -60,19 +59,21 @@ def remove_unchosen(root: Path, answers: dict) -> list[str]:
 
 def next_steps(answers: dict) -> str:
     return (
-        f"\nGenerated {answers['project']} with fresh secrets in .env (git- and docker-ignored).\n"
+        f"\nGenerated {answers['project']} with fresh secrets in secrets/ (git- and docker-ignored).\n"
         f"  cd {answers['project']}\n"
         "  docker compose up -d --build --wait          # redis, workers, Flower, demo API\n"
         "  docker compose run --rm producer --cpu 20 --io 200\n"
-        f"  Flower: http://127.0.0.1:{answers['flower_port']} (login in .env)\n"
+        f"  Flower: http://127.0.0.1:{answers['flower_port']} (user in .env, password in secrets/)\n"
         "  uv sync && uv run pytest                      # tests: needs redis-server\n"
     )
 
 
 def main(raw: str, root: Path) -> int:
     answers = json.loads(raw)
-    example = (root / ".env.example").read_text()
-    write_private(root / ".env", render_env(example, {k: new_secret() for k in SECRET_KEYS}))
+    write_private(root / ".env", (root / ".env.example").read_text())
+    write_secrets(root / "secrets")
+    # The cluster's own values, for deploy/k8s's secretGenerator (git-ignored there too).
+    write_secrets(root / K8S_SECRETS)
     remove_unchosen(root, answers)
     print(next_steps(answers))
     return 0

@@ -86,6 +86,10 @@ class Stack:
             line.split("=", 1) for line in lines if "=" in line and not line.startswith("#")
         )
 
+    def secret(self, name: str) -> str:
+        """A generated secret, e.g. ``flower_password`` (compose mounts it from secrets/)."""
+        return (self.path / "secrets" / name).read_text()
+
     @property
     def package(self) -> str:
         return next(p.name for p in (self.path / "src").iterdir() if p.is_dir())
@@ -104,6 +108,13 @@ class Stack:
             timeout=timeout,
         )
 
+    def redis_cli(self, *args: str, auth: bool = True, check: bool = True):
+        """redis-cli in the redis container; the password goes from the secret file to
+        REDISCLI_AUTH of that one process, never onto a command line."""
+        login = 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" ' if auth else ""
+        script = f'{login}exec redis-cli "$@"'
+        return self.compose("exec", "-T", "redis", "sh", "-c", script, "sh", *args, check=check)
+
     def up(self, *args: str) -> float:
         """``up -d --wait`` (plus ``args``); returns the seconds it took."""
         started = time.monotonic()
@@ -119,7 +130,7 @@ class Stack:
         request = urllib.request.Request(self.flower_url + path)
         if auth:
             token = base64.b64encode(
-                f"{self.env['FLOWER_USER']}:{self.env['FLOWER_PASSWORD']}".encode()
+                f"{self.env['FLOWER_USER']}:{self.secret('flower_password')}".encode()
             )
             request.add_header("Authorization", "Basic " + token.decode())
         try:

@@ -17,6 +17,7 @@ FIGURES = {
     "memory": ("pss_total_mib", "idle_pss_total_mib", "pss_per_slot_mib", "slots"),
     "mixed": ("makespan_s", "bound_s", "x_bound", "io_latency_p50_s", "io_latency_p99_s"),
     "overhead": ("tasks_per_s", "cpu_ms_per_task", "cpu_bound_tasks_per_s"),
+    "publish": ("tasks_per_s", "x_plain", "batch"),
     "exporter": ("tasks_per_s", "pct_of_bound", "exporter_cpu_s", "exporter_cpu_ms_per_task"),
 }
 VARIANTS = {
@@ -24,6 +25,7 @@ VARIANTS = {
     "memory": {"template io (gevent)", "template cpu (prefork)"},
     "mixed": {"template: cpu prefork + io gevent", "default: one prefork worker"},
     "overhead": {"template io", "untuned gevent", "template cpu", "untuned prefork"},
+    "publish": {"plain", "durable", "durable, one batch", "plain, appendfsync always"},
     "exporter": {"template io + exporter"},
 }
 

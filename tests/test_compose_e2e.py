@@ -11,7 +11,7 @@ import re
 import time
 
 import pytest
-from conftest import Stack, start_stack
+from conftest import Stack, run, start_stack
 
 ALT_ANSWERS = {
     "project_name": "Beta Jobs",
@@ -96,12 +96,29 @@ def test_containers_do_not_run_as_root(stack):
 
 def test_redis_refuses_commands_without_the_password(stack):
     _, s = stack
-    denied = s.compose(
-        "exec", "-T", "redis", "env", "-u", "REDISCLI_AUTH", "redis-cli", "ping", check=False
-    )
+    denied = s.redis_cli("ping", auth=False, check=False)
     assert "NOAUTH" in denied.stdout + denied.stderr
-    allowed = s.compose("exec", "-T", "redis", "redis-cli", "ping")
-    assert allowed.stdout.strip() == "PONG"
+    assert s.redis_cli("ping").stdout.strip() == "PONG"
+
+
+def test_secrets_are_in_no_environment_or_command_line(stack):
+    _, s = stack
+    secrets = [s.secret("redis_password"), s.secret("flower_password")]
+    ids = s.compose("ps", "-q").stdout.split()
+    assert len(ids) == len(SERVICES)
+    inspect = run(["docker", "inspect", *ids], cwd=s.path).stdout
+    assert "/run/secrets/redis_password" in inspect  # mounted, as file secrets are
+    for service in SERVICES:
+        # Every process's environment and command line, as the container's user sees them.
+        seen = s.compose(
+            "exec", "-T", service, "sh", "-c",
+            "cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n'",
+        ).stdout  # fmt: skip
+        assert "REDIS_URL=redis://redis:6379/0" in seen or service in ("redis", "demo-api")
+        for secret in secrets:
+            assert secret not in seen, f"a secret is visible in {service}'s processes"
+    for secret in secrets:
+        assert secret not in inspect, "a secret is in docker inspect"
 
 
 def test_only_flower_is_published_on_loopback(stack):

@@ -89,9 +89,9 @@ def test_flower_dashboard_lists_both_workers(stack, browser):
     status = stack.compose("exec", "-T", "flower", "python", "-c", PROBE, check=False)
     assert status.stdout.strip() == "401", status.stdout + status.stderr
 
-    # Log in with the credentials the generator wrote to .env.
+    # Log in with the credentials the generator wrote (.env, secrets/).
     token = base64.b64encode(
-        f"{stack.env['FLOWER_USER']}:{stack.env['FLOWER_PASSWORD']}".encode()
+        f"{stack.env['FLOWER_USER']}:{stack.secret('flower_password')}".encode()
     ).decode()
     browser.execute_cdp_cmd("Network.enable", {})
     browser.execute_cdp_cmd(

@@ -28,6 +28,8 @@ CASES = {
         "io_concurrency": "1000",
         "flower_port": "15555",
     },
+    # Folder and package derived from a name with a leading digit, unicode and punctuation.
+    "human-name": {"project_name": "3D Ärger-Büro: v2.0 🚀"},
     "long-names": {
         "project_name": "Very Long Project Name For Checking Line Lengths",
         "description": "Ünïcödé and 'single quotes' in a description",
@@ -128,7 +130,7 @@ def test_dev_override_is_valid(project, require_docker):
 
 
 def test_env_and_secrets_are_ignored(project):
-    assert ".env" in (project / ".gitignore").read_text().splitlines()
+    assert {".env", "secrets/"} <= set((project / ".gitignore").read_text().splitlines())
     dockerignore = (project / ".dockerignore").read_text().splitlines()
     assert dockerignore[dockerignore.index("*")] == "*"  # deny by default
-    assert not any(line.startswith("!.env") for line in dockerignore)
+    assert not any(line.startswith(("!.env", "!secrets")) for line in dockerignore)

@@ -8,8 +8,10 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE, generate
+from conftest import TEMPLATE, generate, run
 from cookiecutter.exceptions import FailedHookException
+
+import template_answers as answers
 
 
 def load_hook(name: str):
@@ -19,7 +21,6 @@ def load_hook(name: str):
     return module
 
 
-pre = load_hook("pre_gen_project")
 post = load_hook("post_gen_project")
 
 DEFAULTS = {
@@ -66,13 +67,18 @@ BAD_ANSWERS = [
     ("flower_port", "80", "an integer from 1024 to 65535"),
     ("flower_port", "70000", "an integer from 1024 to 65535"),
     ("github_actions", "maybe", "yes or no"),
+    # Dependencies of the generated project (from its uv.lock), not only the famous ones.
+    ("package", "urllib3", "dependency name"),
+    ("package", "tornado", "dependency name"),
+    ("project", "celery", "not a dependency name"),
+    ("project", "3d--farm", "single hyphens"),
 ]
 
 
 @pytest.mark.parametrize(("name", "value", "accepted"), BAD_ANSWERS)
 def test_validate_names_variable_value_and_accepted(name, value, accepted):
-    with pytest.raises(pre.InvalidAnswer) as caught:
-        pre.validate({**DEFAULTS, name: value})
+    with pytest.raises(answers.InvalidAnswer) as caught:
+        answers.validate({**DEFAULTS, name: value})
     message = str(caught.value)
     assert message.startswith(f"{name}={value!r} is invalid; accepted: ")
     assert accepted in message
@@ -80,19 +86,19 @@ def test_validate_names_variable_value_and_accepted(name, value, accepted):
 
 
 def test_defaults_are_valid():
-    pre.validate(DEFAULTS)
-    assert pre.main(json.dumps(DEFAULTS)) == 0
+    answers.validate(DEFAULTS)
+    assert answers.main(json.dumps(DEFAULTS)) == 0
 
 
 def test_main_prints_one_line_and_fails(capsys):
-    assert pre.main(json.dumps({**DEFAULTS, "io_concurrency": "abc"})) == 1
+    assert answers.main(json.dumps({**DEFAULTS, "io_concurrency": "abc"})) == 1
     err = capsys.readouterr().err
     assert err == "error: io_concurrency='abc' is invalid; accepted: an integer from 1 to 10000\n"
 
 
 @pytest.mark.parametrize(
     ("name", "value", "accepted"),
-    [BAD_ANSWERS[i] for i in (3, 7, 10, 14, 20, 24)],
+    [BAD_ANSWERS[i] for i in (3, 7, 10, 14, 20, 24, 27, 29)],
 )
 def test_cookiecutter_refuses_bad_input_and_leaves_nothing(tmp_path, capfd, name, value, accepted):
     overrides = {name: value}
@@ -106,17 +112,6 @@ def test_cookiecutter_refuses_bad_input_and_leaves_nothing(tmp_path, capfd, name
     assert accepted in err
 
 
-def test_render_env_fills_every_secret():
-    example = "# comment\nREDIS_PASSWORD=\nOTHER=1\nFLOWER_PASSWORD=\n"
-    text = post.render_env(example, {"REDIS_PASSWORD": "r1", "FLOWER_PASSWORD": "f1"})
-    assert text == "# comment\nREDIS_PASSWORD=r1\nOTHER=1\nFLOWER_PASSWORD=f1\n"
-
-
-def test_render_env_refuses_a_template_without_the_secret_line():
-    with pytest.raises(ValueError, match="no line for FLOWER_PASSWORD"):
-        post.render_env("REDIS_PASSWORD=\n", {"REDIS_PASSWORD": "x", "FLOWER_PASSWORD": "y"})
-
-
 def test_secrets_are_fresh_and_url_safe():
     values = {post.new_secret() for _ in range(50)}
     assert len(values) == 50
@@ -127,6 +122,9 @@ def test_secrets_are_fresh_and_url_safe():
 
 def test_write_private_is_owner_only(tmp_path):
     target = tmp_path / ".env"
+    leftover = tmp_path / ".env.tmp"  # of a crashed run, with a wider mode
+    leftover.write_text("old")
+    leftover.chmod(0o666)
     post.write_private(target, "A=1\n")
     assert target.read_text() == "A=1\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
@@ -139,21 +137,38 @@ def test_remove_unchosen(tmp_path):
     assert not (tmp_path / ".github").exists()
 
 
-def env_values(project: Path) -> dict[str, str]:
-    lines = (project / ".env").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+def secret_values(project: Path) -> dict[str, str]:
+    return {name: (project / "secrets" / name).read_text() for name in post.SECRET_FILES}
 
 
-def test_generated_env_has_distinct_fresh_secrets(tmp_path):
-    first = env_values(generate(tmp_path / "a"))
-    second = env_values(generate(tmp_path / "b"))
-    for key in post.SECRET_KEYS:
-        assert len(first[key]) >= 40
-        assert first[key] != second[key]
-    assert first["REDIS_PASSWORD"] != first["FLOWER_PASSWORD"]
+def test_generated_secrets_are_fresh_files_only_the_owner_can_reach(tmp_path):
+    project = generate(tmp_path / "a")
+    first, second = secret_values(project), secret_values(generate(tmp_path / "b"))
+    for name in post.SECRET_FILES:
+        assert len(first[name]) >= 40
+        assert first[name] != second[name]
+        # Readable by the containers' users through compose's bind mount ...
+        assert stat.S_IMODE((project / "secrets" / name).stat().st_mode) == 0o444
+    # ... while the folder keeps other host users out.
+    assert stat.S_IMODE((project / "secrets").stat().st_mode) == 0o700
+    assert sorted(p.name for p in (project / "secrets").iterdir()) == sorted(post.SECRET_FILES)
+    assert first["redis_password"] != first["flower_password"]
+    env = (project / ".env").read_text()
+    assert not any(value in env for value in first.values())
+    assert stat.S_IMODE((project / ".env").stat().st_mode) == 0o600
 
 
-def test_env_example_has_no_secret_values(default_project):
+def test_kubernetes_gets_its_own_fresh_secrets_kept_out_of_git(tmp_path):
+    project = generate(tmp_path / "a")
+    cluster = {n: (project / post.K8S_SECRETS / n).read_text() for n in post.SECRET_FILES}
+    for name, value in cluster.items():
+        assert len(value) >= 40 and value not in secret_values(project).values(), name
+    run(["git", "init", "-q"], cwd=project)
+    run(["git", "add", "-A"], cwd=project)
+    tracked = run(["git", "ls-files"], cwd=project).stdout
+    assert "deploy/k8s/base/kustomization.yaml" in tracked and "secrets/" not in tracked
+
+
+def test_env_example_has_no_secret_lines(default_project):
     example = (default_project / ".env.example").read_text().splitlines()
-    for key in post.SECRET_KEYS:
-        assert f"{key}=" in example
+    assert not [line for line in example if line.split("=")[0].endswith("_PASSWORD")]

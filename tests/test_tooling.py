@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,15 @@ MAKE_TARGETS = {
     "bench": "uv run --locked --group bench python -m bench",
     "producer": "docker compose run --rm producer",
     "shell": "docker compose exec worker-cpu bash",
+    "pipeline": "docker compose run --rm producer pipeline",
+    "dlq-list": "docker compose run --rm --entrypoint python producer -m task_queue.deadletter list",
+    "dlq-requeue": "--entrypoint python producer -m task_queue.deadletter requeue",
+    "dlq-purge": "--entrypoint python producer -m task_queue.deadletter purge",
+    "swarm-deploy": "docker stack deploy --detach=false  -c deploy/swarm/stack.yaml task-queue",
+    "swarm-scale": "docker service scale --detach=false task-queue_",
+    "swarm-update": "docker stack deploy --detach=false",
+    "swarm-rollback": "docker service rollback --detach=false task-queue_",
+    "swarm-remove": "docker stack rm task-queue",
 }
 
 
@@ -89,6 +100,23 @@ def test_dependabot_covers_python_docker_and_actions(default_project):
     for update in ecosystems.values():
         assert update["directory"] == "/"
         assert update["schedule"]["interval"] in ("daily", "weekly", "monthly")
+
+
+BROKER_DEPENDENCIES = ("celery", "kombu", "redis")  # broker.py overrides kombu internals
+
+
+def test_broker_dependencies_are_pinned_and_upgraded_alone(default_project):
+    groups = yaml.safe_load((default_project / ".github/dependabot.yml").read_text())
+    (uv,) = [u for u in groups["updates"] if u["package-ecosystem"] == "uv"]
+    assert set(uv["groups"]["broker"]["patterns"]) == set(BROKER_DEPENDENCIES)
+    for name, group in uv["groups"].items():
+        if name != "broker":
+            assert set(BROKER_DEPENDENCIES) <= set(group.get("exclude-patterns", [])), name
+    pyproject = tomllib.loads((default_project / "pyproject.toml").read_text())
+    for requirement in pyproject["project"]["dependencies"]:
+        name = re.split(r"[\[<>=]", requirement)[0]
+        if name in BROKER_DEPENDENCIES:
+            assert "<" in requirement, f"{requirement}: no upper bound"
 
 
 def test_no_github_folder_when_not_wanted(tmp_path):

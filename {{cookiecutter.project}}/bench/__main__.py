@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench import procs
 
-NAMES = ("io", "memory", "mixed", "overhead", "exporter")
+NAMES = ("io", "memory", "mixed", "overhead", "publish", "exporter")
 PROJECT = Path(__file__).resolve().parents[1]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -52,7 +54,7 @@ def stop(*running: subprocess.Popen, timeout: float = 20) -> None:
             proc.wait()
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_redis(workdir: Path, *options: str) -> tuple[subprocess.Popen, str]:
     """A throw-away redis-server on a free loopback port; returns it and its URL."""
     server = shutil.which("redis-server")
     if server is None:
@@ -60,10 +62,65 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
     port, password = free_port(), secrets.token_urlsafe(24)
     # The password goes through stdin-free config on the command line of a loopback-only server.
     argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    argv += ["--requirepass", password, "--dir", str(workdir)]
+    argv += ["--requirepass", password, "--dir", str(workdir), *options]  # last value wins
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     wait_until(lambda: port_open(port), 10, "redis-server")
     return proc, f"redis://:{password}@127.0.0.1:{port}/0"
+
+
+# The compose stack's Redis, and its persistence settings.
+REDIS_IMAGE = "redis:8"
+AOF = ("--appendonly", "yes", "--appendfsync", "everysec")
+
+
+def start_waitaof_redis(workdir: Path) -> tuple[Callable[[], None], str]:
+    """Redis 7.2+ (WAITAOF) persisting as in compose: redis-server on PATH if new enough, else
+    the compose image under Docker. Returns how to stop it, and its URL."""
+    version = _redis_server_version()
+    if version >= (7, 2):
+        proc, url = start_redis(workdir, *AOF)
+        return (lambda: stop(proc)), url
+    docker = shutil.which("docker")
+    if not docker or subprocess.run([docker, "info"], capture_output=True).returncode:
+        raise RuntimeError(
+            f"needs Redis 7.2+ (WAITAOF): redis-server on PATH is {_dotted(version)}, "
+            f"and no Docker engine answers to run {REDIS_IMAGE}"
+        )
+    name, password = f"bench-redis-{secrets.token_hex(6)}", secrets.token_urlsafe(24)
+    argv = [docker, "run", "-d", "--rm", "--name", name, "-p", "127.0.0.1::6379", REDIS_IMAGE]
+    argv += ["redis-server", "--requirepass", password, "--save", "", "--dir", "/tmp", *AOF]
+    remove = lambda: subprocess.run([docker, "rm", "-f", name], capture_output=True)  # noqa: E731
+    try:
+        subprocess.run(argv, check=True, capture_output=True, timeout=120)
+        port = subprocess.run([docker, "port", name, "6379"], capture_output=True, text=True)
+        url = f"redis://:{password}@127.0.0.1:{port.stdout.split(':')[-1].strip()}/0"
+        wait_until(lambda: _pings(url), 30, REDIS_IMAGE)
+    except (subprocess.SubprocessError, TimeoutError) as exc:
+        remove()
+        raise RuntimeError(f"could not start {REDIS_IMAGE} under Docker: {exc}") from None
+    return remove, url
+
+
+def _redis_server_version() -> tuple[int, ...]:
+    server = shutil.which("redis-server")
+    if server is None:
+        return ()
+    text = subprocess.run([server, "--version"], capture_output=True, text=True).stdout
+    found = re.search(r"v=(\d+)\.(\d+)", text)
+    return tuple(map(int, found.groups())) if found else ()
+
+
+def _dotted(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version)) or "missing"
+
+
+def _pings(url: str) -> bool:
+    import redis
+
+    try:
+        return redis.Redis.from_url(url).ping()
+    except redis.ConnectionError:
+        return False
 
 
 def start_demo_api(package: str) -> tuple[subprocess.Popen, str]:

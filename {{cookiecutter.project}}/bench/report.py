@@ -51,6 +51,16 @@ COLUMNS = {
         ("CPU ms/task", "cpu_ms_per_task"),
         ("CPU-bound tasks/s", "cpu_bound_tasks_per_s"),
     ],
+    "publish": [
+        ("variant", "variant"),
+        ("appendfsync", "appendfsync"),
+        ("batch", "batch"),
+        ("n", "n"),
+        ("queued", "succeeded"),
+        ("published/s", "tasks_per_s"),
+        ("x plain", "x_plain"),
+        ("added ms/batch", "added_ms_per_batch"),
+    ],
     "exporter": [
         ("L s", "latency_s"),
         ("variant", "variant"),
@@ -68,7 +78,8 @@ TITLES = {
     "memory": "2. Memory per concurrency slot (floor: the idle worker)",
     "mixed": "3. Mixed load (bound: max(CPU work / cores, N*L/C))",
     "overhead": "4. Per-task overhead, no-op tasks (bound: usable cores / CPU per task)",
-    "exporter": "5. Metrics exporter's own CPU, consuming the events of the io batch",
+    "publish": "5. Durable publishing: publish rate with and without the WAITAOF wait (median)",
+    "exporter": "6. Metrics exporter's own CPU, consuming the events of the io batch",
 }
 
 
@@ -180,6 +191,12 @@ def _overhead_panel(ax, rows):
     )
 
 
+def _publish_panel(ax, rows):
+    labels = [f"{r['variant']} (batch {r.get('batch')})" for r in rows]
+    _bars(ax, labels, [r.get("tasks_per_s") for r in rows], "published/s (log)", TITLES["publish"])
+    ax.set_yscale("log")
+
+
 def _exporter_panel(ax, rows):
     labels = ["worker", "exporter"]
     for row in rows:
@@ -192,5 +209,6 @@ PANELS = {
     "memory": _memory_panel,
     "mixed": _mixed_panel,
     "overhead": _overhead_panel,
+    "publish": _publish_panel,
     "exporter": _exporter_panel,
 }

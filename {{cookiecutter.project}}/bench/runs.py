@@ -9,8 +9,9 @@ from pathlib import Path
 
 import redis
 
-from bench import procs
 from {{ cookiecutter.package }}.producer import Job, submit, wait
+
+from bench import procs
 
 # Redis lists the example workload can land in: the template's two queues, Celery's default one.
 QUEUES = ("cpu", "io", "celery")
@@ -89,7 +90,7 @@ def run_batch(
 
 
 def _move(client: redis.Redis, src: str, dst: str) -> None:
-    # RENAME is O(1) and wakes the workers' BRPOP on the restored list at once.
+    # RENAME is O(1) and wakes the workers' blocking take on the restored list at once.
     for queue in QUEUES:
         if client.exists(src + queue):
             client.rename(src + queue, dst + queue)

@@ -7,11 +7,16 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 
+from {{ cookiecutter.package }}.celery_app import CPU_QUEUE, IO_QUEUE
+from {{ cookiecutter.package }}.producer import Job
+from {{ cookiecutter.package }}.tasks import cpu, io
+
 from bench import procs
 from bench.commands import (
     tuned_argv,
     untuned_argv,
 )
+from bench.publish import publish_cost
 from bench.runs import (
     Bench,
     WorkerSpec,
@@ -20,9 +25,6 @@ from bench.runs import (
     percentile,
     run_batch,
 )
-from {{ cookiecutter.package }}.celery_app import CPU_QUEUE, IO_QUEUE
-from {{ cookiecutter.package }}.producer import Job
-from {{ cookiecutter.package }}.tasks import cpu, io
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,10 @@ class Sizes:
     mixed_io_tasks: int = 200
     mixed_io_latency: float = 0.5
     noop_tasks: int = 4000
+    # Published without workers, in batches, with and without the durable wait.
+    publish_tasks: int = 1000
+    publish_batch: int = 100
+    publish_rounds: int = 3
     # Task events off (Celery's default) and on (what Flower switches on), side by side.
     events: tuple[bool, ...] = (False, True)
 
@@ -56,6 +62,9 @@ SMOKE = Sizes(
     mixed_io_tasks=20,
     mixed_io_latency=0.2,
     noop_tasks=100,
+    publish_tasks=100,
+    publish_batch=50,
+    publish_rounds=1,
     # Each worker start and stop costs seconds: CI checks the code paths, once.
     events=(False,),
 )
@@ -376,5 +385,6 @@ SCENARIOS = {
     "memory": memory,
     "mixed": mixed,
     "overhead": overhead,
+    "publish": publish_cost,
     "exporter": exporter,
 }

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -26,6 +27,8 @@ os.environ.setdefault("REDIS_URL", "redis://:unit-tests@127.0.0.1:9/0")
 # Test defaults: nothing from the caller's environment leaks into the stack under test.
 STACK_VARS = (
     "REDIS_URL",
+    "REDIS_PASSWORD",
+    "SECRETS_DIR",
     "CPU_POOL",
     "IO_POOL",
     "CPU_CONCURRENCY",
@@ -36,6 +39,8 @@ STACK_VARS = (
     "LOG_LEVEL",
     "TASK_TIME_LIMIT",
     "VISIBILITY_TIMEOUT",
+    "IO_MAX_RETRIES",
+    "RETRY_BACKOFF_BASE",
 )
 
 
@@ -132,12 +137,23 @@ def demo_api_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def stack_env(redis_url, demo_api_url) -> dict[str, str]:
-    """The environment the stack runs with, as compose would give it."""
+def stack_env(redis_url, demo_api_url, tmp_path_factory) -> dict[str, str]:
+    """The environment the stack runs with, as compose gives it: REDIS_URL without the
+    password, which is a file in SECRETS_DIR."""
+    folder = tmp_path_factory.mktemp("secrets")
+    url = urlsplit(redis_url)
+    (folder / "redis_password").write_text(unquote(url.password or ""))
+    bare = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()
     env = {k: v for k, v in os.environ.items() if k not in STACK_VARS}
     env.update(
-        REDIS_URL=redis_url, DEMO_API_URL=demo_api_url, IO_CONCURRENCY="200", CPU_CONCURRENCY="2"
+        REDIS_URL=bare,
+        SECRETS_DIR=str(folder),
+        DEMO_API_URL=demo_api_url,
+        IO_CONCURRENCY="200",
+        CPU_CONCURRENCY="2",
     )
+    # Retries of failing I/O tasks: 3 waits of ~0.25..2 s, so a test sees them all quickly.
+    env.update(IO_MAX_RETRIES="3", RETRY_BACKOFF_BASE="0.5")
     return env
 
 
@@ -198,3 +214,33 @@ def run_producer(stack_env, workers):
         )
 
     return run
+
+
+def with_redis(stack_env: dict[str, str], url: str, folder: Path) -> dict[str, str]:
+    """``stack_env`` on another Redis: its full URL, and an empty secrets folder."""
+    return {**stack_env, "REDIS_URL": url, "SECRETS_DIR": str(folder)}
+
+
+def make_client(redis_url: str):
+    """A Celery client with the app's routing and serializers, on ``redis_url``.
+
+    The app module itself was configured at import with the unit tests' placeholder URL.
+    """
+    from celery import Celery
+
+    from {{ cookiecutter.package }}.celery_app import app
+
+    client = Celery("{{ cookiecutter.package }}", set_as_current=False)
+    shared = ("broker_transport", "task_queues", "task_routes", "task_default_queue",
+              "task_serializer", "result_serializer", "accept_content", "result_accept_content")  # fmt: skip
+    client.conf.update({name: app.conf[name] for name in shared})
+    client.conf.update(broker_url=redis_url, result_backend=redis_url)
+    return client
+
+
+@pytest.fixture(scope="session")
+def celery_client(redis_url, workers):
+    """A Celery client of the running stack."""
+    client = make_client(redis_url)
+    yield client
+    client.close()

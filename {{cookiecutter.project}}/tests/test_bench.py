@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from {{ cookiecutter.package }}.celery_app import CPU_CHILD_NICE
+from {{ cookiecutter.package }}.producer import Job
+from {{ cookiecutter.package }}.settings import Settings
+from {{ cookiecutter.package }}.worker import worker_argv
+
 from bench import procs
 from bench.commands import (
     tuned_argv,
     untuned_argv,
 )
 from bench.runs import task_timings
-from {{ cookiecutter.package }}.celery_app import CPU_CHILD_NICE
-from {{ cookiecutter.package }}.producer import Job
-from {{ cookiecutter.package }}.settings import Settings
-from {{ cookiecutter.package }}.worker import worker_argv
 
 ENV = {"REDIS_URL": "redis://:pw@127.0.0.1:9/0", "IO_CONCURRENCY": "500"}
 
@@ -49,8 +50,9 @@ def test_untuned_command_carries_no_tuning():
 
 
 def test_untuned_app_has_celery_defaults_and_the_same_tasks():
-    from bench.untuned import app as plain
     from {{ cookiecutter.package }}.tasks import cpu, io
+
+    from bench.untuned import app as plain
 
     assert plain.backend.thread_safe is False  # a backend per greenlet
     assert plain.conf.task_acks_late is False

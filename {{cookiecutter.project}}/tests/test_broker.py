@@ -2,18 +2,32 @@
 
 import base64
 import json
+import logging
+import subprocess
+import sys
 import threading
 import time
 
+import kombu
 import pytest
 import redis
 from kombu import Connection, Exchange, Queue
+from kombu.transport import redis as kombu_redis
 
-from {{ cookiecutter.package }} import broker
+from {{ cookiecutter.package }} import broker, broker_compat
 from {{ cookiecutter.package }}.broker import REJECTED_KEY, Transport
+from {{ cookiecutter.package }}.celery_app import app
+
+from conftest import wait_until
 
 # As the app configures it: one list per queue, which lets the worker take with BLMOVE.
 OPTIONS = {"priority_steps": [0]}
+
+
+@pytest.fixture(autouse=True)
+def fresh_state(monkeypatch) -> None:
+    """Each test starts with nothing deferred or seen, as a new worker process would."""
+    monkeypatch.setattr(broker, "STATE", broker.ProcessState())
 
 
 def connect(url: str) -> Connection:
@@ -136,8 +150,6 @@ def test_entry_left_in_taken_goes_back_after_the_grace(private_redis, monkeypatc
     with connect(private_redis.url) as conn:
         publish(conn, queue, {"n": 7})
         client.lmove("left", "left.taken", "RIGHT", "LEFT")  # as BLMOVE, then the worker dies
-        monkeypatch.setattr(broker, "SWEEP_EVERY", 0)
-        monkeypatch.setattr(broker, "TAKEN_SEEN", {})
         with conn.Consumer(queue, callbacks=[]):
             channel = conn.default_channel
             channel.sweep_taken()  # first seen now: too young to put back
@@ -155,8 +167,6 @@ def test_grace_is_not_restarted_by_a_reconnect(private_redis, monkeypatch):
     queue = Queue("again", Exchange("again"), routing_key="again")
     client = redis.Redis.from_url(private_redis.url)
     client.lpush("again.taken", "{}")
-    monkeypatch.setattr(broker, "SWEEP_EVERY", 0)
-    monkeypatch.setattr(broker, "TAKEN_SEEN", {})
     monkeypatch.setattr(broker, "TAKEN_GRACE", 0.5)
     for _ in range(2):
         with connect(private_redis.url) as conn, conn.Consumer(queue, callbacks=[]):
@@ -181,20 +191,34 @@ def test_busy_worker_sweeps_between_takes(private_redis, monkeypatch):
         assert client.llen("busy.taken") == 0
 
 
-@pytest.mark.parametrize("body", ["this is not JSON", "[1, 2]"])
-def test_rejected_entry_leaves_nothing_in_taken(private_redis, body):
+# Each changes if parsed and serialized again: only the entry as it was matches.
+BAD_ENTRIES = [b"this is not JSON", b"[1,2]", b'{"body":"no properties"}', b"\xff\xfe not UTF-8"]
+
+
+@pytest.mark.parametrize("entry", BAD_ENTRIES)
+def test_rejected_entry_is_kept_as_it_was_and_leaves_nothing_in_taken(private_redis, entry):
     queue = Queue("bad", Exchange("bad"), routing_key="bad")
     client = redis.Redis.from_url(private_redis.url)
-    client.lpush("bad", body)
+    client.lpush("bad", entry)
     with connect(private_redis.url) as conn:
         assert consume(conn, queue) == []
-    assert client.lrange(REJECTED_KEY, 0, -1) == [body.encode()]
+    assert client.lrange(REJECTED_KEY, 0, -1) == [entry]
     assert client.llen("bad.taken") == 0 and client.llen("bad") == 0
 
 
-def test_no_ack_consumers_use_plain_brpop(private_redis):
+def test_a_huge_rejected_entry_is_kept_cut_short(private_redis):
+    queue = Queue("huge", Exchange("huge"), routing_key="huge")
+    client = redis.Redis.from_url(private_redis.url)
+    client.lpush("huge", b"x" * 3 * broker.REJECTED_MAX_BYTES)
+    with connect(private_redis.url) as conn:
+        assert consume(conn, queue) == []
+    assert client.lrange(REJECTED_KEY, 0, -1) == [b"x" * broker.REJECTED_MAX_BYTES]
+
+
+def test_no_ack_consumers_use_plain_brpop(private_redis, caplog):
     """Nothing records a no_ack message, so it must not go through <queue>.taken (replies to
-    `celery inspect` would pile up there)."""
+    `celery inspect` would pile up there). Said at INFO: `celery inspect` prints warnings."""
+    caplog.set_level(logging.INFO, logger=broker.logger.name)
     queue = Queue("replies", Exchange("replies"), routing_key="replies")
     client = redis.Redis.from_url(private_redis.url)
     with connect(private_redis.url) as conn:
@@ -202,6 +226,263 @@ def test_no_ack_consumers_use_plain_brpop(private_redis):
         (message,) = consume(conn, queue, no_ack=True)
     assert message.payload == {"n": 1}
     assert client.keys("*.taken") == [] and client.hlen("unacked") == 0
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "kombu's BRPOP, no taken list, for a consumer with no acknowledgements "
+         "(nothing to record)"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"priority_steps": [0, 5]}, "priorities (priority_steps other than [0]"),
+        ({"priority_steps": [0], "global_keyprefix": "app:"}, "a global_keyprefix"),
+    ],
+)
+def test_one_queue_on_kombus_path_warns_once_why(private_redis, caplog, options, reason):
+    queue = Queue("plain", Exchange("plain"), routing_key="plain")
+    client = redis.Redis.from_url(private_redis.url)
+    with Connection(private_redis.url, transport=Transport, transport_options=options) as conn:
+        publish(conn, queue, {"n": 1}, {"n": 2})
+        got = consume(conn, queue) + consume(conn, queue)
+    assert [m.payload for m in got] == [{"n": 1}, {"n": 2}]
+    assert client.keys("*.taken") == []
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"kombu's BRPOP, no taken list, for a consumer with {reason}")
+
+
+def test_entry_put_back_before_its_record_is_not_run_here(private_redis, monkeypatch):
+    """A sweep put the entry back while this worker's reply waited (e.g. parked while its
+    prefetch was full): the record finds it gone, and only the put-back copy runs."""
+    queue = Queue("race", Exchange("race"), routing_key="race")
+    client = redis.Redis.from_url(private_redis.url)
+    monkeypatch.setattr(broker, "TAKEN_GRACE", 0)
+    with connect(private_redis.url) as conn, connect(private_redis.url) as other:
+        publish(conn, queue, {"n": 1})
+        channel = conn.default_channel
+        record = channel.qos.append
+
+        def append(message, tag):  # another worker's sweep, between the take and the record
+            with other.Consumer(queue, callbacks=[]):
+                other.default_channel.sweep_taken()
+            return record(message, tag)
+
+        channel.qos.append = append
+        assert consume(conn, queue) == []
+        assert (client.llen("race"), client.llen("race.taken"), client.hlen("unacked")) == (1, 0, 0)
+        channel.qos.append = record
+        (message,) = consume(conn, queue)
+        assert message.payload == {"n": 1}
+        message.ack()
+    assert client.llen("race") == 0 and client.hlen("unacked") == 0
+
+
+def test_failed_ack_on_a_live_channel_is_settled_without_a_reconnect(private_redis, monkeypatch):
+    """An ack that failed (Redis away for a moment) is done by the channel's periodic hook,
+    not left to re-run the task after the visibility timeout."""
+    monkeypatch.setattr(broker, "SWEEP_EVERY", 0)  # the hook's next round, without the wait
+    queue = Queue("acked", Exchange("acked"), routing_key="acked")
+    client = redis.Redis.from_url(private_redis.url)
+    with connect(private_redis.url) as conn:
+        publish(conn, queue, {"n": 1})
+        (message,) = consume(conn, queue)
+        channel = conn.default_channel
+        private_redis.stop()
+        message.ack()  # deferred
+        private_redis.start()
+        wait_until(lambda: redis_answers(client), 30, "redis-server loading its AOF")
+        assert client.hexists("unacked", message.delivery_tag)
+
+        def settled() -> bool:
+            channel.qos.restore_visible()  # what the worker's timer (or an idle poll) calls
+            return client.hlen("unacked") == 0
+
+        wait_until(settled, 30, "the deferred ack")
+        assert conn.default_channel is channel
+    assert broker.STATE.acks == set()
+
+
+def redis_answers(client: redis.Redis) -> bool:
+    try:
+        return client.ping()
+    except redis.exceptions.BusyLoadingError:
+        return False
+
+
+def test_a_tag_that_keeps_failing_stays_pending_and_channels_still_open(private_redis, caplog):
+    client = redis.Redis.from_url(private_redis.url)
+    client.hset("unacked", "bad-tag", "not a record")
+    broker.STATE.defer("bad-tag", requeue=True)
+    with connect(private_redis.url) as conn:
+        assert conn.default_channel.qos  # built: its settle in the constructor did not raise
+    assert broker.STATE.restores == {"bad-tag"}
+    assert "task bad-tag not settled in Redis yet" in caplog.text
+
+
+def test_programming_errors_are_not_taken_for_an_unreachable_redis(private_redis):
+    queue = Queue("typo", Exchange("typo"), routing_key="typo")
+    with connect(private_redis.url) as conn:
+        publish(conn, queue, {"n": 1})
+        (message,) = consume(conn, queue)
+
+        def broken(*args):
+            raise AttributeError("a bug, not a lost connection")
+
+        with pytest.MonkeyPatch.context() as patch, pytest.raises(AttributeError):
+            patch.setattr(conn.default_channel.qos, "_remove_from_indices", broken)
+            message.ack()
+    assert broker.STATE.acks == set()
+
+
+def test_take_after_a_disconnect_reads_kombus_reply_as_kombus(private_redis):
+    """A BLMOVE lost with its connection, then a second queue (kombu's BRPOP): the BRPOP
+    reply must not be read as a BLMOVE reply."""
+    first, second = (Queue(n, Exchange(n), routing_key=n) for n in ("first", "second"))
+    got = []
+    with connect(private_redis.url) as conn, conn.Consumer(first, callbacks=[got.append]):
+        conn.transport.cycle.on_poll_start()  # BLMOVE sent
+        conn.default_channel.client.connection.disconnect()  # reply never read
+        with conn.Consumer(second, callbacks=[lambda body, m: got.append(m)]):
+            publish(conn, second, {"n": 2})
+            conn.drain_events(timeout=5)
+    assert [m.payload for m in got] == [{"n": 2}]
+
+
+def test_reply_read_after_cancel_goes_back_to_the_queue(private_redis):
+    """Celery cancels its consumer before closing the channel, which reads a pending take:
+    that message goes straight back, whichever channel kombu would have picked."""
+    queue = Queue("late", Exchange("late"), routing_key="late")
+    client = redis.Redis.from_url(private_redis.url)
+    with connect(private_redis.url) as conn:
+        publish(conn, queue, {"n": 1})  # on the default channel: kombu's pick, not ours
+        channel = conn.channel()
+        consumer = conn.Consumer(queue, channel=channel, callbacks=[])
+        consumer.consume()
+        conn.transport.cycle.on_poll_start()  # BLMOVE sent on `channel`
+        consumer.cancel()
+        assert channel._ack_queues == set()
+        channel.close()
+    assert (client.llen("late"), client.llen("late.taken"), client.hlen("unacked")) == (1, 0, 0)
+
+
+def test_redis_error_during_the_sweep_is_a_warning(private_redis, caplog):
+    """Redis refuses the sweep (here WRONGTYPE: something else wrote that key; a full
+    noeviction Redis refusing a script is another case): the consumer goes on."""
+    queue = Queue("odd", Exchange("odd"), routing_key="odd")
+    client = redis.Redis.from_url(private_redis.url)
+    with connect(private_redis.url) as conn, conn.Consumer(queue, callbacks=[]):
+        client.set("odd.taken", "not a list")
+        conn.default_channel.periodic()
+    assert "sweep of the taken list failed, will retry: ResponseError: WRONGTYPE" in caplog.text
+
+
+def test_sweep_looks_at_the_oldest_entries_only(private_redis, monkeypatch):
+    """After a mass failure one sweep puts back at most SWEEP_LOOK entries, oldest first."""
+    queue = Queue("mass", Exchange("mass"), routing_key="mass")
+    client = redis.Redis.from_url(private_redis.url)
+    entries = [f"e{n}".encode() for n in range(broker.SWEEP_LOOK + 100)]
+    client.lpush("mass.taken", *entries)  # as BLMOVE leaves them: oldest at the tail
+    monkeypatch.setattr(broker, "TAKEN_GRACE", 0)
+    with connect(private_redis.url) as conn, conn.Consumer(queue, callbacks=[]):
+        conn.default_channel.sweep_taken()
+    assert sorted(client.lrange("mass", 0, -1)) == sorted(entries[: broker.SWEEP_LOOK])
+    assert sorted(client.lrange("mass.taken", 0, -1)) == sorted(entries[broker.SWEEP_LOOK :])
+
+
+def test_purge_size_and_delete_count_the_taken_list(private_redis):
+    queue = Queue("tally", Exchange("tally"), routing_key="tally")
+    client = redis.Redis.from_url(private_redis.url)
+    with connect(private_redis.url) as conn:
+        channel = conn.default_channel
+        bound = queue.bind(channel)
+        for drop in (bound.purge, bound.delete):
+            publish(conn, queue, {"n": 1}, {"n": 2}, {"n": 3})
+            client.lmove("tally", "tally.taken", "RIGHT", "LEFT")  # taken, not yet recorded
+            assert channel._size("tally") == 3
+            drop()
+            assert client.exists("tally", "tally.taken") == 0
+
+
+@pytest.mark.parametrize(
+    ("version", "supported"),
+    [("6.0.16", False), ("6.2.0", True), ("7.0.15", True), ("10.0.0", True), ("unknown", False)],
+)
+def test_blmove_needs_redis_6_2(version, supported):
+    assert broker.blmove_supported(version) is supported
+
+
+def test_old_redis_falls_back_to_brpop_with_one_warning(private_redis, monkeypatch, caplog):
+    """Stands in for a Redis older than 6.2 (none here) by the version the channel reads."""
+    monkeypatch.setattr(broker.Channel, "_server_version", lambda self: "6.0.16")
+    queue = Queue("old", Exchange("old"), routing_key="old")
+    client = redis.Redis.from_url(private_redis.url)
+    with connect(private_redis.url) as conn:
+        publish(conn, queue, {"n": 1}, {"n": 2})
+        got = consume(conn, queue) + consume(conn, queue)
+    assert [m.payload for m in got] == [{"n": 1}, {"n": 2}]
+    assert client.info("commandstats").get("cmdstat_blmove") is None
+    assert caplog.text.count("Redis 6.0.16 (BLMOVE needs 6.2 or later)") == 1
+
+
+def test_consumer_of_several_queues_warns_once_why_it_uses_brpop(private_redis, caplog):
+    queues = [Queue(n, Exchange(n), routing_key=n) for n in ("one", "two")]
+    client = redis.Redis.from_url(private_redis.url)
+    with connect(private_redis.url) as conn:
+        for queue in queues:
+            publish(conn, queue, {"n": queue.name})
+        got = []
+        with conn.Consumer(queues, callbacks=[lambda body, m: got.append(body)]):
+            for _ in queues:
+                conn.drain_events(timeout=5)
+    assert sorted(b["n"] for b in got) == ["one", "two"]
+    assert client.keys("*.taken") == []
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "kombu's BRPOP, no taken list, for a consumer with several queues (BLMOVE takes from one list)"
+    ]
+
+
+def test_broker_connections_time_out():
+    """A half-open connection must not block a worker forever: every option is one kombu reads."""
+    options = app.conf.broker_transport_options
+    for name in ("socket_timeout", "socket_connect_timeout", "socket_keepalive"):
+        assert options[name] and name in kombu_redis.Channel.from_transport_options
+
+
+def test_installed_kombu_fits_broker_py():
+    assert broker_compat.changes() == []
+
+
+# Run the worker's entry point in a fresh interpreter with kombu changed; never exec Celery.
+CHANGED_KOMBU = """
+import os, sys
+from kombu.transport import redis
+{change}
+os.execve = lambda *args: sys.exit("no check: the worker would have started")
+from {{ cookiecutter.package }}.worker import main
+main(["cpu"])
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (
+            "redis.Channel._brpop_start = lambda self, timeout, wait=0: None",
+            "Channel._brpop_start(self, timeout=None) is now (self, timeout, wait=0)",
+        ),
+        ("del redis.Channel._flush_brpop_reauth", "Channel._flush_brpop_reauth is missing"),
+    ],
+)
+def test_worker_stops_when_kombu_changed_under_broker_py(change, named):
+    script = CHANGED_KOMBU.format(change=change)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"broker.py does not fit kombu {kombu.__version__}: ")
+    assert named in line
 
 
 def test_the_stacks_workers_take_with_blmove(redis_url, workers, run_producer):
@@ -216,22 +497,24 @@ def test_the_stacks_workers_take_with_blmove(redis_url, workers, run_producer):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     blmove, brpop = calls("blmove") - before[0], calls("brpop") - before[1]
     assert blmove >= 6 and brpop == 0, (blmove, brpop)
+    for worker in workers.values():
+        assert "kombu's BRPOP" not in worker.log.read_text()
 
 
-ENTRIES = ["this is not JSON", "[1, 2]", '{"body": "no properties"}']
+ENTRIES = ["this is not JSON", "[1,2]", '{"body":"no properties"}']
 
 
 def test_entries_that_are_not_messages_are_kept_aside_and_workers_go_on(
     redis_url, workers, run_producer
 ):
     client = redis.Redis.from_url(redis_url)
-    client.delete(REJECTED_KEY)
+    client.delete("_kombu.rejected")  # the name the README gives
     for queue in ("cpu", "io"):
         client.lpush(queue, *ENTRIES)
     proc = run_producer("--cpu", "2", "--io", "4", "--cpu-limit", "1000", "--io-delay", "0")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert all(worker.proc.poll() is None for worker in workers.values())
-    kept = [raw.decode() for raw in client.lrange(REJECTED_KEY, 0, -1)]
+    kept = [raw.decode() for raw in client.lrange("_kombu.rejected", 0, -1)]
     assert sorted(kept) == sorted(ENTRIES * 2)
     for worker in workers.values():
         assert worker.log.read_text().count("rejected a queue entry") >= 3

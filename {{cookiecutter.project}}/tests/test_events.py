@@ -9,9 +9,10 @@ import pytest
 import redis
 from celery import Celery
 
-from conftest import Worker, stop, wait_until
 from {{ cookiecutter.package }}.celery_app import app
 from {{ cookiecutter.package }}.events import BufferedTaskEvents
+
+from conftest import Worker, stop, wait_until
 
 WAIT_ON_API = "{{ cookiecutter.package }}.tasks.io.wait_on_api"
 STATES = ("task-received", "task-started", "task-succeeded")

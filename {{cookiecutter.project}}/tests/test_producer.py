@@ -7,7 +7,7 @@ import pytest
 from rich.console import Console
 
 from {{ cookiecutter.package }} import producer
-from {{ cookiecutter.package }}.producer import TABLE_ROWS, Job, print_table, summarize
+from {{ cookiecutter.package }}.producer import Job
 
 # Long names as they occur for real: Kubernetes pod names, Docker container ids.
 CPU_WORKERS = ("cpu@task-queue-worker-cpu-7d9f8b6c5-x2k4p", "cpu@3f9c2a1b7d4e")
@@ -27,7 +27,7 @@ def big_summary() -> dict:
     jobs += [finished_job("io", IO_WORKER, "gevent", 1000.0 + i, None) for i in range(5)]
     jobs.append(finished_job("io", IO_WORKER, "threads", 1003.0, 0.01))
     jobs.append(Job("io", signature=None, error="HTTPStatusError: GET /delay/1 answered 503"))
-    summary = summarize(jobs, started=999.0)
+    summary = producer.summarize(jobs, started=999.0)
     for queue in summary["queues"].values():
         queue["submitted"] = queue["succeeded"] = 1_000_000
         queue["peak_in_flight"] = 1_000_000
@@ -37,7 +37,7 @@ def big_summary() -> dict:
 
 def render(summary: dict, width: int = 80) -> list[str]:
     out = io.StringIO()
-    print_table(summary, Console(file=out, width=width, color_system=None))
+    producer.print_table(summary, Console(file=out, width=width, color_system=None))
     return out.getvalue().splitlines()
 
 
@@ -47,7 +47,7 @@ def test_table_fits_80_columns_and_no_cell_wraps():
     assert max(map(len, lines)) <= 80, "\n".join(lines)
     assert not any("…" in line for line in lines), "a cell was cut:\n" + "\n".join(lines)
     queues = list(summary["queues"].values())
-    for label, show in TABLE_ROWS:
+    for label, show in producer.TABLE_ROWS:
         # A wrapped cell would leave part of its text on the next line.
         cells = [label, *(show(q) for q in queues)]
         assert any(all(cell in line for cell in cells) for line in lines), (cells, lines)
@@ -63,7 +63,7 @@ def test_table_names_every_worker_and_error_below_it():
 
 def test_json_carries_every_figure_the_table_shows():
     summary = json.loads(json.dumps(big_summary()))
-    for label, show in TABLE_ROWS:
+    for label, show in producer.TABLE_ROWS:
         for queue in summary["queues"].values():
             assert show(queue), label  # raises KeyError if the JSON lacks the figure
     io_queue = summary["queues"]["io"]
@@ -80,7 +80,7 @@ def test_cpu_total_is_left_out_when_a_task_could_not_measure_its_own():
 
 
 def test_an_unrelated_runtime_error_is_not_reported_as_a_publish_failure(monkeypatch):
-    def broken(jobs):
+    def broken(jobs, **options):
         raise RuntimeError("a bug in user code")
 
     monkeypatch.setattr(producer, "submit", broken)

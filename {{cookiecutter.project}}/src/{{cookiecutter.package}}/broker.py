@@ -7,33 +7,43 @@ Selected in ``celery_app.py`` with ``broker_transport``; every Celery client of 
 1. kombu takes a message off the queue (BRPOP) and records it as unacknowledged in a second
    command. A Redis restart in between dropped the message before any worker saw it (1 of
    2,000 queued tasks in 5 of 6 restarts, measured). Here a worker consuming one queue takes
-   the message with BLMOVE into ``<queue>.taken``, persisted like the queue, and removes it
-   from there in the same transaction that records it. Whatever stays in ``<queue>.taken``
-   (the worker died, or the reply or the record was lost) goes back on the queue after
-   ``TAKEN_GRACE`` seconds: every worker of the queue looks every ``SWEEP_EVERY``, busy or idle.
-   The record itself is retried while Redis restarts, for up to ``RECORD_RETRY_SECONDS``.
+   the message with BLMOVE into ``<queue>.taken``, persisted like the queue, and records it
+   with one script that first removes it from there: a message a sweep already put back is
+   not recorded, and not run by this worker. Whatever stays in ``<queue>.taken`` (the worker
+   died, or the reply or the record was lost) goes back on the queue after ``TAKEN_GRACE``
+   seconds: every worker of the queue looks every ``SWEEP_EVERY``, busy or idle. The record
+   is retried while Redis restarts, for up to ``RECORD_RETRY_SECONDS``.
 2. After a lost connection, kombu put the worker's unacknowledged messages back on the queue
    while Redis was still unreachable, and acknowledged tasks that finished later on the
    closed channel: both raised out of the worker ("Unrecoverable error", measured on Redis
-   restarts under load). Here the delivery tags are kept, and the next channel, once it has
-   reached Redis, puts those messages back or removes the acknowledged ones.
+   restarts under load). Here the delivery tags are kept per process and settled in Redis
+   every ``SWEEP_EVERY`` seconds (and by each new channel) once it answers.
 3. A queue entry that is not a kombu JSON envelope (something else wrote to the list) raised
-   inside the transport and took the whole worker down. Here it is logged, kept in the
-   ``REJECTED_KEY`` list for inspection, and the worker goes on.
+   inside the transport and took the whole worker down. Here it is logged, kept as it was in
+   the ``REJECTED_KEY`` list for inspection, and the worker goes on.
+
+Consumers that cannot take with BLMOVE (several queues, priorities, a key prefix, Redis older
+than 6.2) keep kombu's BRPOP, with a warning naming why. ``broker_compat.py`` stops the worker
+when kombu's internals used here change.
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import json
 import logging
+import os
+import threading
 import time
 from queue import Empty
+from typing import NamedTuple
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+from redis.commands.core import Script
 
 logger = logging.getLogger(__name__)
 
@@ -43,45 +53,185 @@ RECORD_RETRY_SECONDS = 30.0
 RECORD_RETRY_PAUSE = 0.5
 
 TAKEN_SUFFIX = ".taken"
-# Above the record retry, so a message a worker is still recording is never put back.
+# Above the record retry: a worker recording a message normally does so well within it. One
+# that takes longer (reply parked while its prefetch is full) finds the entry put back and
+# leaves the message to whoever takes it next.
 TAKEN_GRACE = RECORD_RETRY_SECONDS + 30
-SWEEP_EVERY = 10.0  # seconds between looks at <queue>.taken, busy or idle
+SWEEP_EVERY = 10.0  # seconds between settles and looks at <queue>.taken, busy or idle
+SWEEP_LOOK = 500  # entries looked at per sweep, oldest first: bounded cost after a mass failure
 
-# Put an entry of <queue>.taken back on the queue, unless another worker already did.
-PUT_BACK = """
+# Namespaced beside kombu's own keys (_kombu.binding.*), out of the way of queue names.
+REJECTED_KEY = "_kombu.rejected"
+REJECTED_KEEP = 1000  # newest entries kept: a flood of garbage cannot fill Redis
+REJECTED_MAX_BYTES = 64 * 1024  # of each entry
+
+BLMOVE_SINCE = (6, 2)
+
+# Record a taken message as unacknowledged only if it is still in <queue>.taken. The ZSCORE
+# check makes a retry after a lost reply see its own record.
+# KEYS: taken, unacked_index, unacked. ARGV: entry, score, delivery tag, record.
+RECORD = Script(None, b"""
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+    redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+    return 1
+end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[3])
+if score and tonumber(score) == tonumber(ARGV[2]) then return 1 end
+return 0
+""")  # fmt: skip
+
+# Move an entry of <queue>.taken back onto the queue, unless someone else already did.
+# KEYS: taken, queue. ARGV: entry, LREM count (1: newest first, -1: oldest first).
+PUT_BACK = Script(None, b"""
+if redis.call('LREM', KEYS[1], ARGV[2], ARGV[1]) == 1 then
     redis.call('RPUSH', KEYS[2], ARGV[1])
     return 1
 end
 return 0
-"""
+""")  # fmt: skip
 
-# Entry digest -> when this process first saw it in a taken list. Per process, not per channel:
-# a channel is replaced on every reconnect, and the grace must not start over each time.
-TAKEN_SEEN: dict[str, float] = {}
+# Keep a rejected entry, only if it was still this worker's to handle.
+# KEYS: rejected, taken. ARGV: entry, what to keep, how many entries to keep.
+REJECT = Script(None, b"""
+if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[1], ARGV[2])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+return 1
+""")  # fmt: skip
 
-# Delivery tags this process could not settle in Redis; the next channel does it.
-PENDING_RESTORE: set[str] = set()  # back on the queue
-PENDING_ACK: set[str] = set()  # done: forget them
 
-REJECTED_KEY = "rejected"
-REJECTED_KEEP = 1000  # newest entries kept: a flood of garbage cannot fill Redis
+class Taken(NamedTuple):
+    """An entry this channel moved into a taken list and has not recorded yet."""
+
+    key: str  # <queue>.taken
+    raw: bytes  # the entry as Redis holds it
+
+
+class PutBack(Exception):
+    """The entry left <queue>.taken before its record: the message is not this worker's."""
 
 
 class NotAnEnvelope(Exception):
     """A queue entry kombu cannot turn into a message."""
 
-    def __init__(self, raw: str, reason: str):
+    def __init__(self, payload, reason: str):
         super().__init__(reason)
-        self.raw = raw
+        self.payload = payload
+
+
+class ProcessState:
+    """What a process keeps across its channels (one is built on every reconnect).
+
+    Acks come from task threads or greenlets, settles and sweeps from the consumer loop:
+    one lock for all of it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.acks: set[str] = set()  # done: forget them in Redis
+        self.restores: set[str] = set()  # put back on their queue
+        self.seen: dict[str, dict[str, float]] = {}  # taken list -> entry digest -> first seen
+        self.said: set[str] = set()
+
+    def defer(self, tag: str, requeue: bool) -> None:
+        with self.lock:
+            self.restores.discard(tag)
+            (self.restores if requeue else self.acks).add(tag)
+
+    def settle(self, qos: QoS) -> None:
+        """Finish in Redis what failed earlier; a tag that fails again stays for next time."""
+        for pending, finish in ((self.acks, qos.forget), (self.restores, qos.restore_by_tag)):
+            with self.lock:
+                tags = list(pending)
+            for tag in tags:
+                with self.lock:  # held so an ack cannot move the tag while it is restored
+                    if tag not in pending:
+                        continue
+                    try:
+                        finish(tag)
+                    except Exception as exc:  # never out of a channel or the consumer loop
+                        logger.warning("task %s not settled in Redis yet: %s", tag, said(exc))
+                        continue
+                    pending.discard(tag)
+
+    def stale(self, taken: str, entries: list[bytes], now: float) -> list[bytes]:
+        """Entries of ``taken`` this process has seen there for TAKEN_GRACE seconds."""
+        current = {hashlib.sha256(raw).hexdigest(): raw for raw in entries}
+        with self.lock:
+            seen = self.seen.setdefault(taken, {})
+            for digest in seen.keys() - current.keys():  # recorded, or put back by someone
+                del seen[digest]
+            old = [d for d in current if now - seen.setdefault(d, now) >= TAKEN_GRACE]
+            for digest in old:
+                del seen[digest]
+        return [current[d] for d in old]
+
+    def say_once(self, level: int, message: str) -> None:
+        with self.lock:
+            if message in self.said:
+                return
+            self.said.add(message)
+        logger.log(level, message)
+
+
+STATE = ProcessState()
+
+
+def _reset_state() -> None:
+    # A forked child settles nothing of its parent's, and must not inherit a held lock.
+    global STATE
+    STATE = ProcessState()
+
+
+os.register_at_fork(after_in_child=_reset_state)
+
+
+def envelope_problem(payload, channel) -> str | None:
+    """Why ``payload`` is not a kombu message, or None: the fields kombu and QoS read."""
+    if not isinstance(payload, dict):
+        return f"a JSON {type(payload).__name__}, not an object"
+    properties = payload.get("properties")
+    if not isinstance(properties, dict):
+        return "no 'properties' object"
+    info = properties.get("delivery_info")
+    if not isinstance(properties.get("delivery_tag"), str):
+        return "no delivery_tag string"
+    if not isinstance(info, dict) or not {"exchange", "routing_key"} <= info.keys():
+        return "no delivery_info with exchange and routing_key"
+    if not isinstance(payload.get("headers"), dict | None):
+        return "headers not an object"
+    if not isinstance(payload.get("body"), str | None):
+        return "body not a string"
+    encoding = properties.get("body_encoding")
+    known = encoding is None or encoding in channel.codecs or str(encoding).lower() == "utf-8"
+    if not known:
+        return f"unknown body_encoding {encoding!r}"
+    return None
+
+
+def said(exc: BaseException) -> str:
+    # redis-py's exceptions repr as e.g. "server:ResponseError", without the server's words.
+    return f"{type(exc).__name__}: {exc}"
+
+
+def blmove_supported(version: str) -> bool:
+    try:
+        major, minor = (int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= BLMOVE_SINCE
 
 
 class Message(kombu_redis.Channel.Message):
     def __init__(self, payload, channel=None, **kwargs):
+        problem = envelope_problem(payload, channel)
+        if problem:
+            raise NotAnEnvelope(payload, problem)
         try:
             super().__init__(payload, channel=channel, **kwargs)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise NotAnEnvelope(dumps(payload), f"{type(exc).__name__}: {exc}") from exc
+        except binascii.Error as exc:
+            raise NotAnEnvelope(payload, f"body not base64: {exc}") from exc
 
 
 class QoS(kombu_redis.QoS):
@@ -89,67 +239,72 @@ class QoS(kombu_redis.QoS):
         taken = self.channel.pop_taken()
         delivery = message.delivery_info
         record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        score = time.time()
         deadline = time.monotonic() + RECORD_RETRY_SECONDS
         while True:
             try:
-                with self.pipe_or_acquire() as pipe:
-                    pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
-                    pipe.hset(self.unacked_key, delivery_tag, record)
-                    if taken:
-                        pipe.lrem(*taken)
-                    pipe.execute()  # MULTI/EXEC: all or nothing, and safe to repeat
+                if taken is None:
+                    self._record(delivery_tag, score, record)
+                elif not self._record_taken(taken, delivery_tag, score, record):
+                    raise PutBack(delivery_tag)
                 return virtual.QoS.append(self, message, delivery_tag)
             except self.channel.connection_errors as exc:
                 if time.monotonic() >= deadline:
-                    task_id = (message.headers or {}).get("id")
-                    logger.error("task %s left in the taken list: %r", task_id, exc)
+                    where = "left in the taken list" if taken else "lost: not recorded"
+                    logger.error(
+                        "task %s %s: %s", (message.headers or {}).get("id"), where, said(exc)
+                    )
                     raise
                 time.sleep(RECORD_RETRY_PAUSE)
 
-    def _unreachable(self) -> tuple[type[BaseException], ...]:
-        # AttributeError: kombu 5.7 reaches for the pool of a closed channel's connection.
-        return (*self.channel.connection_errors, AttributeError)
+    def _record(self, delivery_tag: str, score: float, record: str) -> None:
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: score})
+            pipe.hset(self.unacked_key, delivery_tag, record)
+            pipe.execute()  # MULTI/EXEC: all or nothing, and safe to repeat
+
+    def _record_taken(self, taken: Taken, delivery_tag: str, score: float, record: str) -> bool:
+        keys = [taken.key, self.unacked_index_key, self.unacked_key]
+        with self.channel.conn_or_acquire() as client:
+            return bool(RECORD(keys, [taken.raw, repr(score), delivery_tag, record], client))
+
+    def _closed(self) -> bool:
+        # kombu detaches a closed channel from its transport: it has no way to Redis left.
+        return self.channel.connection is None
 
     def restore_unacked(self, client=None):
         tags = list(self._delivered)
         try:
             return super().restore_unacked(client)
-        except self._unreachable() as exc:
-            PENDING_RESTORE.update(tags)
+        except self.channel.connection_errors as exc:
+            for tag in tags:
+                STATE.defer(tag, requeue=True)
             self._delivered.clear()
-            logger.warning("%d unacknowledged tasks go back once Redis answers: %r", len(tags), exc)
+            logger.warning(
+                "%d unacknowledged tasks go back once Redis answers: %s", len(tags), said(exc)
+            )
 
     def ack(self, delivery_tag):
-        try:
-            return super().ack(delivery_tag)
-        except self._unreachable() as exc:
-            self._defer(delivery_tag, PENDING_ACK, exc)
+        self._or_defer(delivery_tag, False, super().ack, delivery_tag)
 
     def reject(self, delivery_tag, requeue=False):
-        try:
-            return super().reject(delivery_tag, requeue=requeue)
-        except self._unreachable() as exc:
-            self._defer(delivery_tag, PENDING_RESTORE if requeue else PENDING_ACK, exc)
+        self._or_defer(delivery_tag, requeue, super().reject, delivery_tag, requeue=requeue)
 
-    def _defer(self, delivery_tag: str, pending: set[str], exc: BaseException) -> None:
-        PENDING_RESTORE.discard(delivery_tag)
-        pending.add(delivery_tag)
-        virtual.QoS.ack(self, delivery_tag)  # settled in memory; Redis later
-        logger.warning("task settled once Redis answers (%r)", exc)
+    def _or_defer(self, delivery_tag: str, requeue: bool, settle, *args, **kwargs) -> None:
+        if not self._closed():
+            try:
+                return settle(*args, **kwargs)
+            except self.channel.connection_errors as exc:
+                logger.warning("task settled once Redis answers (%s)", said(exc))
+        STATE.defer(delivery_tag, requeue)
+        virtual.QoS.ack(self, delivery_tag)  # settled in memory; in Redis by STATE.settle
 
-    def settle_pending(self) -> None:
-        for tag in list(PENDING_ACK):
-            self._remove_from_indices(tag).execute()
-            PENDING_ACK.discard(tag)
-        # A transaction on the unacked hash: a message already put back (by the visibility
-        # sweep of any worker) is not queued twice.
-        for tag in list(PENDING_RESTORE):
-            self.restore_by_tag(tag)
-            PENDING_RESTORE.discard(tag)
+    def forget(self, delivery_tag: str) -> None:
+        self._remove_from_indices(delivery_tag).execute()
 
     def restore_visible(self, *args, **kwargs):
         super().restore_visible(*args, **kwargs)
-        self.channel.sweep_taken()
+        self.channel.periodic()
 
 
 class Channel(kombu_redis.Channel):
@@ -157,42 +312,80 @@ class Channel(kombu_redis.Channel):
     Message = Message
 
     def __init__(self, *args, **kwargs):
-        self._acked: set[str] = set()  # queues consumed with acknowledgements
+        self._ack_queues: set[str] = set()  # queues consumed with acknowledgements
         self._taking: str | None = None  # queue of the BLMOVE in flight
-        self._taken: tuple[str, int, str] | None = None  # (list, count, entry) for LREM
-        self._swept_at = 0.0
+        self._taken: Taken | None = None
+        self._swept_at = float("-inf")
+        self._redis_version: str | None = None
         super().__init__(*args, **kwargs)  # has reached Redis (kombu pings it)
-        self.qos.settle_pending()
+        STATE.settle(self.qos)
 
     def basic_consume(self, queue, no_ack, *args, **kwargs):
         # Only acknowledged messages are recorded, which is what empties <queue>.taken:
         # no_ack consumers (e.g. replies to `celery inspect`) keep plain BRPOP.
         if no_ack:
-            self._acked.discard(queue)
+            self._ack_queues.discard(queue)
         else:
-            self._acked.add(queue)
+            self._ack_queues.add(queue)
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
-    def _single_queue(self) -> str | None:
-        """The queue to take from with BLMOVE: one acknowledged queue, no priority lists, no
-        key prefix (a worker of this stack consumes exactly one such queue)."""
+    def basic_cancel(self, consumer_tag):
+        ret = super().basic_cancel(consumer_tag)
+        # kombu may finish a cancel after the current read: forget only what it dropped.
+        self._ack_queues.intersection_update(self.active_queues)
+        return ret
+
+    def _blmove_queue(self) -> str | None:
+        """The one queue to take from with BLMOVE, or None for kombu's BRPOP (said once)."""
         queues = self.active_queues
-        plain = list(self.priority_steps) == [0] and not self.global_keyprefix
-        if len(queues) == 1 and queues[0] in self._acked and plain:
+        if not queues:
+            return None
+        reason = self._plain_reason(queues)
+        if reason is None:
             return queues[0]
+        # No acknowledgements: nothing to lose by BRPOP, and `celery inspect` would print it.
+        level = logging.INFO if reason.startswith("no ack") else logging.WARNING
+        STATE.say_once(level, f"kombu's BRPOP, no taken list, for a consumer with {reason}")
         return None
 
+    def _plain_reason(self, queues: list[str]) -> str | None:
+        if len(queues) > 1:
+            return "several queues (BLMOVE takes from one list)"
+        if list(self.priority_steps) != [0]:
+            return "priorities (priority_steps other than [0]: one list per priority)"
+        if self.global_keyprefix:
+            return "a global_keyprefix"
+        if queues[0] not in self._ack_queues:
+            return "no acknowledgements (nothing to record)"
+        version = self._server_version()
+        if not blmove_supported(version):
+            return f"Redis {version} (BLMOVE needs 6.2 or later)"
+        return None
+
+    def _server_version(self) -> str:
+        if self._redis_version is None:
+            with self.conn_or_acquire() as client:
+                try:
+                    self._redis_version = client.info("server")["redis_version"]
+                except self.ResponseError:  # INFO disabled: BRPOP works everywhere
+                    self._redis_version = "unknown"
+        return self._redis_version
+
     def _brpop_start(self, timeout=None):
-        queue = self._single_queue()
+        self.periodic()
+        queue = self._taking = self._blmove_queue()  # set on every start: no stale queue
         if queue is None:
             return super()._brpop_start(timeout)
-        self._sweep_between_takes()
-        self._taking = queue
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
         wait = self.brpop_timeout if timeout is None else timeout
         command = ("BLMOVE", queue, queue + TAKEN_SUFFIX, "RIGHT", "LEFT", wait or 0)
         self.client.connection.send_command(*command)
+
+    def _on_connection_disconnect(self, connection):
+        if self._in_poll is connection:
+            self._taking = None  # the reply is gone; the entry, if any, waits in .taken
+        super()._on_connection_disconnect(connection)
 
     def _brpop_read(self, **options):
         try:
@@ -201,8 +394,11 @@ class Channel(kombu_redis.Channel):
             return self._take(**options)
         except json.JSONDecodeError as exc:
             self._reject(exc.doc, f"not JSON: {exc}")
+        except UnicodeDecodeError as exc:
+            self._reject(exc.object, "not UTF-8")
         except NotAnEnvelope as exc:
-            self._reject(exc.raw, f"not a kombu message: {exc}")
+            # kombu's BRPOP path keeps only the parsed entry: stored re-serialized then.
+            self._reject(dumps(exc.payload), f"not a kombu message: {exc}")
         finally:
             self._taken = None  # after _reject, which removes the entry from <queue>.taken
         return True
@@ -218,58 +414,87 @@ class Channel(kombu_redis.Channel):
                 raise
             if not item:
                 raise Empty()
-            raw = bytes_to_str(item)
-            self._taken = (queue + TAKEN_SUFFIX, 1, raw)
-            self.connection._deliver(loads(raw), queue)
+            self._taken = Taken(queue + TAKEN_SUFFIX, item)
+            self._hand_over(queue, self._taken)
             return True
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
 
-    def pop_taken(self) -> tuple[str, int, str] | None:
+    def _hand_over(self, queue: str, taken: Taken) -> None:
+        if queue not in self.connection._callbacks:
+            # Read after basic_cancel (e.g. at shutdown): straight back to the queue.
+            with self.conn_or_acquire() as client:
+                PUT_BACK([taken.key, queue], [taken.raw, 1], client)
+            return
+        try:
+            self.connection._deliver(loads(bytes_to_str(taken.raw)), queue)
+        except PutBack as exc:
+            logger.info("task %s was put back on %r before its record: not run here", exc, queue)
+
+    def pop_taken(self) -> Taken | None:
         taken, self._taken = self._taken, None
         return taken
 
-    def _reject(self, raw: str, reason: str) -> None:
-        logger.error(
-            "rejected a queue entry (%s), kept in Redis list %r: %.80r", reason, REJECTED_KEY, raw
-        )
+    def _reject(self, raw: str | bytes, reason: str) -> None:
         taken = self.pop_taken()
+        raw = taken.raw if taken else raw  # the entry as it was, not re-serialized
+        raw = raw.encode() if isinstance(raw, str) else raw
+        kept = raw[:REJECTED_MAX_BYTES]
+        logger.error("rejected a queue entry (%s), kept in Redis list %r (%d of %d bytes): %.80r",
+                     reason, REJECTED_KEY, len(kept), len(raw), raw)  # fmt: skip
         with self.conn_or_acquire() as client:
-            pipe = client.pipeline()
-            pipe.lpush(REJECTED_KEY, raw).ltrim(REJECTED_KEY, 0, REJECTED_KEEP - 1)
             if taken:
-                pipe.lrem(*taken)
-            pipe.execute()
+                REJECT([REJECTED_KEY, taken.key], [raw, kept, REJECTED_KEEP], client)
+                return
+            client.lpush(REJECTED_KEY, kept)
+            client.ltrim(self.global_keyprefix + REJECTED_KEY, 0, REJECTED_KEEP - 1)
 
-    def _sweep_between_takes(self) -> None:
-        # kombu's restore hook runs only when the worker is idle (gevent, threads, solo): a
-        # worker busy for hours must still sweep. Never between a take and its record.
+    def periodic(self) -> None:
+        """Settle deferred tags and sweep <queue>.taken, at most every SWEEP_EVERY seconds.
+
+        Also called before each take: kombu's restore hook runs from the event loop's timer
+        or when a worker without one is idle, and a busy worker must still do both."""
+        now = time.monotonic()
+        if now - self._swept_at < SWEEP_EVERY:
+            return
+        self._swept_at = now
+        STATE.settle(self.qos)
         try:
             self.sweep_taken()
         except self.connection_errors as exc:
-            logger.debug("sweep of the taken list skipped: %r", exc)
+            logger.debug("sweep of the taken list skipped: %s", said(exc))
+        except self.ResponseError as exc:  # e.g. a full noeviction Redis refusing the script
+            logger.warning("sweep of the taken list failed, will retry: %s", said(exc))
 
     def sweep_taken(self) -> None:
         """Put back entries that stayed in <queue>.taken for TAKEN_GRACE seconds."""
-        queue, now = self._single_queue(), time.monotonic()
-        if queue is None or now - self._swept_at < SWEEP_EVERY:
+        queue = self._blmove_queue()
+        if queue is None:
             return
-        self._swept_at = now
         taken = queue + TAKEN_SUFFIX
         with self.conn_or_acquire() as client:
-            entries = {f"{taken}:{hashlib.sha256(raw).hexdigest()}": raw
-                       for raw in client.lrange(taken, 0, -1)}  # fmt: skip
-            # Forget entries that left the list (recorded, or put back by another worker).
-            for key in [k for k in TAKEN_SEEN if k.startswith(f"{taken}:") and k not in entries]:
-                del TAKEN_SEEN[key]
-            put_back = client.register_script(PUT_BACK)
-            for key, raw in entries.items():
-                if now - TAKEN_SEEN.setdefault(key, now) < TAKEN_GRACE:
-                    continue
-                del TAKEN_SEEN[key]
-                if put_back(keys=[taken, queue], args=[raw]):
+            entries = client.lrange(taken, -SWEEP_LOOK, -1)  # BLMOVE pushes left: oldest last
+            for raw in STATE.stale(taken, entries, time.monotonic()):
+                if PUT_BACK([taken, queue], [raw, -1], client):
                     logger.warning("put back a task taken but never recorded: %.80r", raw)
+
+    def _size(self, queue):
+        # Counted while taken: a stuck entry is still a task waiting to run.
+        with self.conn_or_acquire() as client:
+            return super()._size(queue) + client.llen(queue + TAKEN_SUFFIX)
+
+    def _purge(self, queue):
+        # A worker still recording a purged entry finds it gone and does not run it.
+        key = queue + TAKEN_SUFFIX
+        with self.conn_or_acquire() as client:
+            taken, _ = client.pipeline().llen(key).delete(key).execute()
+        return super()._purge(queue) + taken
+
+    def _delete(self, queue, *args, **kwargs):
+        super()._delete(queue, *args, **kwargs)
+        with self.conn_or_acquire(client=kwargs.get("client")) as client:
+            client.delete(queue + TAKEN_SUFFIX)
 
 
 class Transport(kombu_redis.Transport):

@@ -12,6 +12,7 @@ from celery.concurrency import get_implementation
 from kombu import Exchange, Queue
 
 from {{ cookiecutter.package }}.events import BufferedTaskEvents
+from {{ cookiecutter.package }}.health import touch
 from {{ cookiecutter.package }}.settings import get_settings
 
 CPU_QUEUE = "cpu"
@@ -22,6 +23,21 @@ IO_QUEUE = "io"
 TASK_ROUTES = {
     "{{ cookiecutter.package }}.tasks.cpu.*": {"queue": CPU_QUEUE},
     "{{ cookiecutter.package }}.tasks.io.*": {"queue": IO_QUEUE},
+}
+
+# Periodic tasks, declared once beside the routes: each goes to cpu or io by its module, like
+# any other call. Sent by the beat service (beat.py); intervals in seconds or celery crontabs.
+BEAT_SCHEDULE = {
+    "count-primes-every-minute": {
+        "task": "{{ cookiecutter.package }}.tasks.cpu.count_primes",
+        "schedule": 60.0,
+        "args": (100_000,),
+    },
+    "ping-api-every-30s": {
+        "task": "{{ cookiecutter.package }}.tasks.io.wait_on_api",
+        "schedule": 30.0,
+        "args": (0,),
+    },
 }
 
 # Set in each worker at start-up, inherited by prefork children: the pool that really runs tasks.
@@ -39,7 +55,7 @@ def make_app() -> Celery:
     )
     app.conf.update(
         broker_url=settings.broker_url,
-        # kombu's Redis transport with two delivery gaps closed: see broker.py.
+        # kombu's Redis transport with three delivery gaps closed: see broker.py.
         broker_transport="{{ cookiecutter.package }}.broker:Transport",
         result_backend=settings.broker_url,
         # JSON only: a pickled message could run arbitrary code in the worker.
@@ -85,6 +101,11 @@ def make_app() -> Celery:
             "priority_steps": [0],
             # kombu's default of 10 connections starves acks from hundreds of greenlets.
             "max_connections": settings.io_concurrency + 20,
+            # redis-py blocks forever by default: a half-open connection would hang the
+            # prefork hub (and its heartbeat) in a record or an ack. Above brpop_timeout (1 s).
+            "socket_timeout": 30,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
         },
         # The result backend's pool size is this option: Celery ignores a max_connections in
         # result_backend_transport_options, and redis-py 8 then caps the pool at 100. 500
@@ -96,6 +117,14 @@ def make_app() -> Celery:
         result_backend_always_retry=True,
         result_backend_max_retries=20,
         result_backend_max_sleep_between_retries_ms=10_000,
+        # Periodic tasks: RedBeat keeps the schedule and each entry's last run in Redis and
+        # lets one beat send at a time (a lock renewed every loop); see beat.py.
+        beat_schedule=BEAT_SCHEDULE,
+        beat_scheduler="{{ cookiecutter.package }}.beat:Scheduler",
+        beat_max_loop_interval=settings.beat_max_loop_interval,
+        redbeat_redis_url=settings.broker_url,
+        redbeat_redis_options={},
+        redbeat_lock_timeout=settings.beat_lock_timeout,
         worker_hijack_root_logger=True,
         worker_redirect_stdouts_level="INFO",
     )
@@ -130,9 +159,7 @@ class Heartbeat(bootsteps.StartStopStep):
             self.tref = None
 
     def beat(self):
-        with open(self.path, "a"):
-            pass
-        os.utime(self.path)
+        touch(self.path)
 
 
 @signals.worker_init.connect

@@ -1,20 +1,31 @@
-"""A tiny HTTP endpoint that answers slowly: the demo target of the I/O tasks.
+"""A tiny HTTP endpoint that answers slowly or fails on demand: the demo target of the I/O tasks.
 
     python -m {{ cookiecutter.package }}.demo_api --port 8000
 
 ``GET /delay/<seconds>`` answers after that many seconds (at most 60); ``GET /healthz``
 answers at once. gevent's server keeps thousands of slow requests open in one process.
+
+``GET /flaky/<key>?fail=K&status=503&retry_after=S`` answers ``status`` (400..599, with a
+``Retry-After: S`` header if given) to the first K calls for ``key``, then 200: an upstream
+that recovers. ``GET /hits/<key>`` lists when each call for ``key`` arrived (epoch seconds).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
+from collections import defaultdict
+from urllib.parse import parse_qs
 
 import gevent
 from gevent.pywsgi import WSGIServer
 
 MAX_DELAY = 60.0
+FLAKY_LIMITS = {"fail": (0, 1000, 1), "status": (400, 599, 503), "retry_after": (0, 3600, None)}
+
+# key -> arrival time of each call to /flaky/<key>
+HITS: dict[str, list[float]] = defaultdict(list)
 
 
 def app(environ, start_response):
@@ -32,13 +43,45 @@ def app(environ, start_response):
             )
         gevent.sleep(seconds)
         return _reply(start_response, "200 OK", {"delayed": seconds})
-    return _reply(start_response, "404 Not Found", {"error": "try /delay/<seconds> or /healthz"})
+    if path.startswith("/flaky/"):
+        return _flaky(path.removeprefix("/flaky/"), environ.get("QUERY_STRING", ""), start_response)
+    if path.startswith("/hits/"):
+        return _reply(start_response, "200 OK", {"hits": HITS.get(path.removeprefix("/hits/"), [])})
+    return _reply(
+        start_response, "404 Not Found", {"error": "try /delay/<s>, /flaky/<key>, /hits/<key>"}
+    )
 
 
-def _reply(start_response, status: str, body: dict) -> list[bytes]:
+def _flaky(key: str, query: str, start_response) -> list[bytes]:
+    try:
+        params = _flaky_params(query)
+    except ValueError as exc:
+        return _reply(start_response, "400 Bad Request", {"error": str(exc)})
+    HITS[key].append(time.time())
+    if len(HITS[key]) > params["fail"]:
+        return _reply(start_response, "200 OK", {"key": key, "call": len(HITS[key])})
+    headers = [] if params["retry_after"] is None else [("Retry-After", str(params["retry_after"]))]
+    status = f"{params['status']} Failing on purpose"
+    return _reply(start_response, status, {"key": key, "call": len(HITS[key])}, headers)
+
+
+def _flaky_params(query: str) -> dict[str, int | None]:
+    given = {name: values[-1] for name, values in parse_qs(query).items()}
+    params = {}
+    for name, (low, high, default) in FLAKY_LIMITS.items():
+        text = given.get(name)
+        value = int(text) if text is not None and text.isdigit() else default
+        if text is not None and (value is None or not low <= value <= high):
+            raise ValueError(f"{name} must be an integer from {low} to {high}")
+        params[name] = value
+    return params
+
+
+def _reply(start_response, status: str, body: dict, headers=()) -> list[bytes]:
     data = json.dumps(body).encode()
     start_response(
-        status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        status,
+        [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers],
     )
     return [data]
 

@@ -1,6 +1,6 @@
 """Container health checks, kept free of heavy imports: each probe is a fresh process.
 
-python -m {{ cookiecutter.package }}.health heartbeat   # worker: heartbeat file is fresh
+python -m {{ cookiecutter.package }}.health heartbeat   # worker, beat: heartbeat file is fresh
 python -m {{ cookiecutter.package }}.health http URL    # Flower / demo API answer 200
 """
 
@@ -13,6 +13,13 @@ import urllib.request
 
 # The worker touches its file every 5 s; three missed beats mean it is stuck or gone.
 MAX_AGE_SECONDS = 15.0
+
+
+def touch(path: str) -> None:
+    """Write a heartbeat: the probe reads the file's age."""
+    with open(path, "a"):
+        pass
+    os.utime(path)
 
 
 def heartbeat_ok(path: str, now: float | None = None, max_age: float = MAX_AGE_SECONDS) -> bool:

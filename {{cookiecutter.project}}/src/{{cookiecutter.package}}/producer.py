@@ -1,6 +1,7 @@
 """Enqueue the example workload, wait for it, and report where and how every task ran.
 
     python -m {{ cookiecutter.package }}.producer --cpu 20 --io 200 [--json]
+    python -m {{ cookiecutter.package }}.producer pipeline --fetches 20   # see pipeline.py
 
 While waiting it shows a live progress bar per queue on stderr (none with --json), then prints
 the summary on stdout. Exit status: 0 when every task succeeded, 1 when any failed or timed out,
@@ -26,7 +27,9 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from {{ cookiecutter.package }} import durable
 from {{ cookiecutter.package }}.celery_app import CPU_QUEUE, IO_QUEUE, app
+from {{ cookiecutter.package }}.settings import get_settings
 from {{ cookiecutter.package }}.tasks import cpu, io
 
 # How long to keep retrying a publish while Redis is unreachable (about 10 s in total).
@@ -50,9 +53,12 @@ def build_workload(n_cpu: int, n_io: int, cpu_limit: int, io_delay: float) -> li
     return jobs
 
 
-def submit(jobs: list[Job]) -> None:
-    """Publish every job over one connection; routing comes from the app's task_routes."""
-    with app.producer_or_acquire() as producer:
+def submit(jobs: list[Job], durably: bool = False) -> None:
+    """Publish every job over one connection; routing comes from the app's task_routes.
+
+    ``durably``: return only once Redis has them in its append-only file (see durable.py).
+    """
+    with durable.durable_batch() if durably else app.producer_or_acquire() as producer:
         for job in jobs:
             job.submitted = time.time()
             job.result = job.signature.apply_async(
@@ -286,11 +292,23 @@ def _exit_unpublished(jobs: list[Job], exc: BaseException) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pipeline"]:  # the second command: fetches on io reduced on cpu
+        from {{ cookiecutter.package }} import pipeline
+
+        return pipeline.main(argv[1:])
     args = parse_args(argv)
     jobs = build_workload(args.cpu, args.io, args.cpu_limit, args.io_delay)
     started = time.time()
     try:
-        submit(jobs)
+        submit(jobs, durably=get_settings().durable_publish)
+    except durable.DurablePublishError as exc:
+        print(
+            f"error: durable publish: {exc}. All {len(jobs)} tasks were sent and will run, "
+            "but are not confirmed on disk",
+            file=sys.stderr,
+        )
+        return 1
     except (OperationalError, RedisConnectionError) as exc:  # publish retries used up
         _exit_unpublished(jobs, exc)
     except RuntimeError as exc:

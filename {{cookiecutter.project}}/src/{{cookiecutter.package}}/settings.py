@@ -1,14 +1,19 @@
 """The one place that reads configuration: environment in, typed and validated values out.
 
-A bad value stops start-up with one line per problem, naming the variable, before anything
-connects to Redis.
+Secrets (REDIS_PASSWORD, FLOWER_PASSWORD) come from the environment or from a file named after
+the variable in lower case in SECRETS_DIR (default /run/secrets, where compose, Swarm and
+Kubernetes mount them). A bad value stops start-up with one line per problem, naming the
+variable, before anything connects to Redis; secret values are never printed.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import cache
+from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote, urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -18,14 +23,25 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
-# Values shown in errors are hidden for these variables: they carry passwords.
-SECRET_FIELDS = {"redis_url"}
+DEFAULT_SECRETS_DIR = "/run/secrets"
+
+# Values shown in errors are hidden for these variables: they carry passwords. Their
+# validators raise fixed messages only (a parser's message can quote part of the input).
+SECRET_FIELDS = {"redis_url", "redis_password", "flower_password"}
 
 # What each variable accepts, appended to its error so the fix is obvious.
 ACCEPTED = {
-    "redis_url": "redis://:<password>@<host>:<port>/<db> (a password is required)",
+    "redis_url": "redis://<host>:<port>/<db> with REDIS_PASSWORD, or redis://:<password>@<host>:<port>/<db>",
+    "redis_password": "a non-empty string (env or the file redis_password in SECRETS_DIR)",
+    "flower_user": "a name without ':' or ','",
+    "flower_password": "a non-empty string without ',' (env or the file flower_password in SECRETS_DIR)",
     "cpu_pool": "prefork or solo",
     "io_pool": "gevent or threads",
     "cpu_concurrency": "'auto' or an integer from 1 to 1024",
@@ -42,6 +58,13 @@ ACCEPTED = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "demo_api_url": "an http:// or https:// URL",
     "heartbeat_file": "an absolute file path",
+    "beat_max_loop_interval": "seconds, an integer from 1 to 5 (the health check allows 15 s)",
+    "beat_lock_timeout": "seconds, an integer from 3 to 600, at least 3 x BEAT_MAX_LOOP_INTERVAL",
+    "io_max_retries": "an integer from 0 to 50",
+    "retry_backoff_base": "seconds, a number from 0.01 to 60",
+    "retry_backoff_max": "seconds, a number from 0.01 to 3600, below VISIBILITY_TIMEOUT",
+    "durable_publish": "true or false (true needs Redis 7.2+ with appendonly yes)",
+    "durable_publish_timeout": "seconds, a number above 0 and up to 25",
 }
 
 Concurrency = Annotated[int, Field(ge=1, le=1024)]
@@ -53,6 +76,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", validate_default=True)
 
     redis_url: SecretStr
+    redis_password: SecretStr | None = None
+    flower_user: str = "admin"
+    flower_password: SecretStr | None = None
     cpu_pool: Literal["prefork", "solo"] = "{{ cookiecutter.cpu_pool }}"
     io_pool: Literal["gevent", "threads"] = "{{ cookiecutter.io_pool }}"
     # "auto": Celery sizes prefork to the container's CPU quota and affinity.
@@ -77,21 +103,70 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     demo_api_url: AnyHttpUrl = AnyHttpUrl("http://demo-api:8000")
     heartbeat_file: str = "/tmp/worker-heartbeat"
+    # Beat wakes at least this often; the lock holder renews the lock on each wake-up.
+    beat_max_loop_interval: int = Field(5, ge=1, le=5)
+    # A standby beat takes over at most this long (plus one loop) after the holder dies.
+    beat_lock_timeout: int = Field(30, ge=3, le=600)
+    # Transient I/O failures: retried this often, waits doubling from the base up to the max.
+    io_max_retries: int = Field(5, ge=0, le=50)
+    retry_backoff_base: float = Field(1.0, ge=0.01, le=60)
+    retry_backoff_max: float = Field(60.0, ge=0.01, le=3600)
+    # Opt-in: the producer returns only once Redis has fsynced what it published (WAITAOF,
+    # Redis 7.2+); otherwise a machine crash can lose the last ~1 s of sent tasks. See durable.py.
+    durable_publish: bool = False
+    # Below the broker connection's socket_timeout (30 s), which would cut the wait short.
+    durable_publish_timeout: float = Field(5.0, gt=0, le=25)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over a file; no secrets folder (a laptop) is not an error.
+        folder = secrets_dir()
+        if folder is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, SecretsSettingsSource(settings_cls, folder)
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_url_has_password(cls, value: SecretStr) -> SecretStr:
-        from urllib.parse import urlsplit
-
-        url = urlsplit(value.get_secret_value())
+    def _redis_url(cls, value: SecretStr) -> SecretStr:
         try:
+            url = urlsplit(value.get_secret_value())
             url.port  # noqa: B018 - parsing the port is the check
-        except ValueError as exc:
-            raise ValueError(f"not a valid URL ({exc})") from None
+        except ValueError:
+            # Fixed text: the parser's own message quotes part of the netloc (the password).
+            raise ValueError(
+                "not a valid URL: bad host or port (percent-encode '/', '#', '@' in a password)"
+            ) from None
         if url.scheme not in ("redis", "rediss") or not url.hostname:
             raise ValueError("not a redis:// or rediss:// URL with a host")
-        if not url.password:
-            raise ValueError("has no password")
+        return value
+
+    @field_validator("redis_password", "flower_password")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("is empty")
+        return value
+
+    @field_validator("flower_password")
+    @classmethod
+    def _flower_password(cls, value: SecretStr | None) -> SecretStr | None:
+        # Flower splits its FLOWER_BASIC_AUTH list on ','.
+        if value is not None and "," in value.get_secret_value():
+            raise ValueError("contains ','")
+        return value
+
+    @field_validator("flower_user")
+    @classmethod
+    def _flower_user(cls, value: str) -> str:
+        if not value or ":" in value or "," in value:
+            raise ValueError("is empty or contains ':' or ','")
         return value
 
     @field_validator("log_level", mode="before")
@@ -117,9 +192,73 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _lock_outlives_loops(self) -> Settings:
+        # The holder renews the lock once per loop: a lock shorter than a few loops would
+        # expire under a briefly stalled holder and hand the schedule to the standby.
+        if self.beat_lock_timeout < 3 * self.beat_max_loop_interval:
+            raise ValueError(
+                f"BEAT_LOCK_TIMEOUT={self.beat_lock_timeout} must be at least 3 x "
+                f"BEAT_MAX_LOOP_INTERVAL={self.beat_max_loop_interval}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _retry_wait_below_visibility(self) -> Settings:
+        # A retry waits in the worker as an unacknowledged message: waiting past the
+        # visibility timeout would have Redis hand it to a second worker too.
+        if self.retry_backoff_max >= self.visibility_timeout:
+            raise ValueError(
+                f"RETRY_BACKOFF_MAX={self.retry_backoff_max:g} must be below "
+                f"VISIBILITY_TIMEOUT={self.visibility_timeout}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_redis_password(self) -> Settings:
+        in_url = bool(urlsplit(self.redis_url.get_secret_value()).password)
+        if in_url and self.redis_password is not None:
+            raise ValueError(
+                "REDIS_URL carries a password and REDIS_PASSWORD is set too; accepted: one of them"
+            )
+        if not in_url and self.redis_password is None:
+            raise ValueError(
+                "no Redis password: REDIS_URL has none and REDIS_PASSWORD is not set; accepted: "
+                "REDIS_PASSWORD (env or the file redis_password in SECRETS_DIR) or REDIS_URL "
+                "redis://:<password>@<host>:<port>/<db>"
+            )
+        return self
+
     @property
     def broker_url(self) -> str:
-        return self.redis_url.get_secret_value()
+        """REDIS_URL with the password in it, percent-encoded if it came from REDIS_PASSWORD."""
+        raw = self.redis_url.get_secret_value()
+        if self.redis_password is None:
+            return raw
+        url = urlsplit(raw)
+        user = quote(url.username or "", safe="")
+        password = quote(self.redis_password.get_secret_value(), safe="")
+        host = url.netloc.rpartition("@")[2]
+        return url._replace(netloc=f"{user}:{password}@{host}").geturl()
+
+
+def secrets_dir() -> Path | None:
+    """SECRETS_DIR (default /run/secrets) if it is a folder; a SECRETS_DIR set to anything
+    else is an error, a missing default is not."""
+    given = os.environ.get("SECRETS_DIR")
+    folder = Path(given or DEFAULT_SECRETS_DIR)
+    if folder.is_dir():
+        return folder
+    if given:
+        raise SecretsDirError(
+            f"settings error: SECRETS_DIR={given!r} is not a folder; "
+            "accepted: the folder holding redis_password and flower_password files"
+        )
+    return None
+
+
+class SecretsDirError(Exception):
+    pass
 
 
 def describe_errors(error: ValidationError) -> list[str]:
@@ -135,6 +274,8 @@ def describe_errors(error: ValidationError) -> list[str]:
             given = " is not set"
         elif field in SECRET_FIELDS:
             given = "=<hidden> is invalid"
+            if item["type"] != "value_error":  # only our own messages are known to be fixed
+                reason = "not a valid value"
         else:
             given = f"={item['input']!r} is invalid"
         accepted = ACCEPTED.get(field, "")
@@ -152,4 +293,6 @@ def get_settings() -> Settings:
     except ValidationError as error:
         for line in describe_errors(error):
             print(line, file=sys.stderr)
-        raise SystemExit(2) from None
+    except SecretsDirError as error:
+        print(error, file=sys.stderr)
+    raise SystemExit(2)

@@ -8,6 +8,9 @@ import time
 
 from {{ cookiecutter.package }}.celery_app import RUNTIME
 
+# Every process that runs tasks records their final failures in the dead-letter queue.
+from {{ cookiecutter.package }}.deadletter import record as _record_failures  # noqa: F401
+
 
 def cpu_clock() -> float | None:
     """CPU seconds of the running task's own process or thread; None under gevent.

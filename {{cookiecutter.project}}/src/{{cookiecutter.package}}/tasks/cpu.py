@@ -24,6 +24,24 @@ def noop(self) -> dict:
     return run_info(self, time.time(), cpu_clock())
 
 
+@app.task(bind=True)
+def reduce_fetches(self, fetches: list[dict]) -> dict:
+    """The reduce step of pipeline.py: totals over the fetches, and where each one ran."""
+    started, cpu_started = time.time(), cpu_clock()
+    steps = [{"step": "fetch", **_where(fetch)} for fetch in fetches]
+    steps.append({"step": "reduce", **_where(run_info(self, started, cpu_started))})
+    return {
+        "fetches": len(fetches),
+        "bytes": sum(fetch["bytes"] for fetch in fetches),
+        "attempts": sum(fetch.get("attempts", 1) for fetch in fetches),
+        "steps": steps,
+    }
+
+
+def _where(info: dict) -> dict:
+    return {key: info[key] for key in ("worker", "queue", "pool", "pid")}
+
+
 def _is_prime(n: int) -> bool:
     if n < 4:
         return n > 1

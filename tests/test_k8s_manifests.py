@@ -1,0 +1,283 @@
+"""deploy/k8s of generated projects, offline: every Kustomize variant renders, every object
+passes the official schemas (strict) of three Kubernetes versions and KEDA's own CRD schemas,
+and the deployment rules hold on what is rendered. No cluster is involved (none can run here)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+from conftest import generate
+from k8s import (
+    KEDA_KINDS,
+    VARIANTS,
+    config_data,
+    container,
+    cpu_cores,
+    kustomize,
+    named,
+    pod_spec,
+    render,
+    secret_data,
+    workloads,
+)
+
+K8S_VERSIONS = ("1.30.0", "1.33.0", "1.37.0")
+KEDA_CHECK = Path(__file__).parent / "keda" / "validate.mjs"
+ALT_ANSWERS = {"project_name": "Beta Jobs", "cpu_pool": "solo", "io_pool": "threads", "io_concurrency": "300"}  # fmt: skip
+WORKERS = {"worker-cpu": "cpu", "worker-io": "io"}
+REDIS_CLIENTS = {"worker-cpu", "worker-io", "flower", "producer"}
+
+
+@pytest.fixture(scope="module", params=["default", "alt"])
+def project(request, tmp_path_factory) -> Path:
+    answers = {} if request.param == "default" else ALT_ANSWERS
+    path = generate(tmp_path_factory.mktemp(f"k8s-{request.param}"), **answers)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rendered(project) -> dict[str, list[dict]]:
+    return {variant: render(project, variant) for variant in VARIANTS}
+
+
+def every_object(rendered):
+    for variant, objects in rendered.items():
+        for obj in objects:
+            yield variant, obj
+
+
+def keda_check(objects: list[dict]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["node", str(KEDA_CHECK)], input=json.dumps(objects), capture_output=True, text=True
+    )
+
+
+def test_each_variant_renders_what_it_should(rendered):
+    kinds = {v: {(o["kind"], o["metadata"]["name"]) for o in objs} for v, objs in rendered.items()}
+    keda = {("ScaledObject", "worker-cpu"), ("ScaledObject", "worker-io")}
+    keda.add(("TriggerAuthentication", "redis"))
+    redis = {("StatefulSet", "redis"), ("Service", "redis"), ("NetworkPolicy", "redis")}
+    assert not keda & kinds["base"] and redis <= kinds["base"]
+    assert ("Job", "producer") in kinds["overlays/demo"] and not keda & kinds["overlays/demo"]
+    assert keda <= kinds["overlays/production"] and redis <= kinds["overlays/production"]
+    assert keda <= kinds["overlays/managed-redis"] and not redis & kinds["overlays/managed-redis"]
+    for variant in VARIANTS:
+        assert {("Deployment", n) for n in ("worker-cpu", "worker-io", "flower", "demo-api")} <= (
+            kinds[variant]
+        )
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_objects_pass_the_official_schemas_strictly(rendered, version):
+    checked = 0
+    for variant, obj in every_object(rendered):
+        if obj["kind"] in KEDA_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{variant} {obj['kind']}/{obj['metadata']['name']} on {version}: {error}")
+        checked += 1
+    assert checked > 40
+
+
+def test_keda_objects_pass_kedas_schemas(rendered):
+    objects = [obj for _, obj in every_object(rendered) if obj["kind"] in KEDA_KINDS]
+    assert len(objects) == 6
+    proc = keda_check(objects)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count(": valid") == 6
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_a_broken_object_fails_the_strict_schema(rendered, version):
+    worker = json.loads(json.dumps(workloads(rendered["base"])["worker-cpu"]))
+    pod_spec(worker)["terminationGracePeriod"] = 60  # misspelt field
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(worker, version, strict=True)
+    worker = json.loads(json.dumps(workloads(rendered["base"])["worker-cpu"]))
+    container(worker)["resources"]["limits"]["cpu"] = ["2"]  # wrong type
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(worker, version, strict=True)
+
+
+def test_broken_keda_objects_fail_kedas_schemas(rendered):
+    scaled = named(rendered["overlays/production"], "ScaledObject")["worker-cpu"]
+    bad_count = json.loads(json.dumps(scaled))
+    bad_count["spec"]["minReplicaCount"] = "one"
+    no_target = json.loads(json.dumps(scaled))
+    del no_target["spec"]["scaleTargetRef"]
+    auth = named(rendered["overlays/production"], "TriggerAuthentication")["redis"]
+    bad_auth = json.loads(json.dumps(auth))
+    del bad_auth["spec"]["secretTargetRef"][0]["key"]
+    for broken in (bad_count, no_target, bad_auth):
+        proc = keda_check([broken])
+        assert proc.returncode == 1, (broken, proc.stdout)
+
+
+def test_a_broken_kustomization_fails_to_render(project, tmp_path):
+    copy = tmp_path / "k8s"
+    shutil.copytree(project / "deploy/k8s", copy)
+    (copy / "base/worker-probes.yaml").unlink()
+    proc = kustomize(copy / "overlays/production", check=False)
+    assert proc.returncode != 0 and "worker-probes.yaml" in proc.stderr
+
+
+def test_every_pod_is_locked_down(rendered):
+    for variant, obj in every_object(rendered):
+        if obj["kind"] not in {"Deployment", "StatefulSet", "Job"}:
+            continue
+        where, pod = f"{variant} {obj['metadata']['name']}", pod_spec(obj)
+        assert pod["automountServiceAccountToken"] is False, where
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        assert pod["securityContext"]["runAsUser"] > 0, where
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        for spec in pod["containers"]:
+            ctx = spec["securityContext"]
+            assert ctx["readOnlyRootFilesystem"] is True, where
+            assert ctx["allowPrivilegeEscalation"] is False, where
+            assert ctx["capabilities"] == {"drop": ["ALL"]}, where
+            assert {m["mountPath"] for m in spec["volumeMounts"]} >= {"/tmp"}, where
+            for kind in ("requests", "limits"):
+                assert set(spec["resources"][kind]) == {"cpu", "memory"}, where
+
+
+def test_app_containers_keep_the_images_init(rendered):
+    # A `command` would replace the image's ENTRYPOINT (dumb-init): signals and zombies.
+    for variant, obj in every_object(rendered):
+        if obj["kind"] in {"Deployment", "Job"}:
+            spec = container(obj)
+            assert "command" not in spec, f"{variant} {obj['metadata']['name']}"
+            assert spec["args"][:2] == ["python", "-m"]
+
+
+def test_long_running_containers_have_three_probes(rendered):
+    for variant, obj in every_object(rendered):
+        if obj["kind"] in {"Deployment", "StatefulSet"}:
+            spec = container(obj)
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                assert probe in spec, f"{variant} {obj['metadata']['name']} has no {probe}"
+                # The 1 s default failed healthy containers on this busy 2-core machine.
+                assert spec[probe]["timeoutSeconds"] >= 5, f"{obj['metadata']['name']} {probe}"
+
+
+def test_worker_probes_read_the_heartbeat_file(project, rendered):
+    package = next(p.name for p in (project / "src").iterdir() if p.is_dir())
+    for variant in VARIANTS:
+        for name in WORKERS:
+            spec = container(workloads(rendered[variant])[name])
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                command = spec[probe]["exec"]["command"]
+                assert command == ["python", "-m", f"{package}.health", "heartbeat"]
+                # The heartbeat goes stale after 15 s: a probe must not wait longer than that.
+                assert spec[probe]["timeoutSeconds"] <= 15
+
+
+def test_grace_periods_fit_each_pools_shutdown(rendered):
+    for variant in VARIANTS:
+        objects = rendered[variant]
+        config = config_data(objects)
+        grace = {
+            n: pod_spec(workloads(objects)[n])["terminationGracePeriodSeconds"] for n in WORKERS
+        }
+        # prefork: soft shutdown must end (tasks re-queued) before kubelet's SIGKILL.
+        assert grace["worker-cpu"] > int(config["CPU_SOFT_SHUTDOWN_TIMEOUT"]) + 5
+        # io: warm shutdown waits for calls in flight; the example calls time out at 30 s.
+        assert grace["worker-io"] > 30
+        # Cluster autoscaler's default --max-graceful-termination-sec is 600.
+        assert max(grace.values()) <= 600
+
+
+def test_cpu_worker_has_a_cpu_limit_for_auto_concurrency(project, rendered):
+    cpu_pool = "solo" if "beta" in project.name else "prefork"
+    for variant in VARIANTS:
+        limits = container(workloads(rendered[variant])["worker-cpu"])["resources"]["limits"]
+        cores = cpu_cores(limits["cpu"])
+        # --concurrency=auto reads the cgroup quota: a whole number of CPUs, one per process.
+        assert cores == int(cores) >= 1
+        assert config_data(rendered[variant])["CPU_POOL"] == cpu_pool
+        io_limits = container(workloads(rendered[variant])["worker-io"])["resources"]["limits"]
+        assert cpu_cores(io_limits["cpu"]) == 1
+        assert config_data(rendered[variant])["IO_CONCURRENCY"].isdigit()
+
+
+def test_disruption_budgets_never_block_a_drain(rendered):
+    for variant in VARIANTS:
+        objects = rendered[variant]
+        budgets = named(objects, "PodDisruptionBudget")
+        assert set(budgets) == {"worker-cpu", "worker-io", "flower"}
+        for name, budget in budgets.items():
+            assert "minAvailable" not in budget["spec"]
+            assert budget["spec"]["maxUnavailable"] >= 1
+            selected = budget["spec"]["selector"]["matchLabels"]
+            labels = workloads(objects)[name]["spec"]["template"]["metadata"]["labels"]
+            assert selected.items() <= labels.items()
+
+
+def test_only_the_redis_clients_and_keda_reach_redis(rendered):
+    for variant, objects in rendered.items():
+        policy = named(objects, "NetworkPolicy").get("redis")
+        if variant == "overlays/managed-redis":
+            assert policy is None
+            continue
+        (rule,) = policy["spec"]["ingress"]
+        assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+        pods, keda = rule["from"]
+        assert pods == {"podSelector": {"matchLabels": {"redis-client": "true"}}}
+        assert keda["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}
+        labelled = {
+            name
+            for name, obj in workloads(objects).items()
+            if obj["spec"]["template"]["metadata"]["labels"].get("redis-client") == "true"
+        }
+        assert labelled == REDIS_CLIENTS & set(workloads(objects)), variant
+
+
+def test_scaled_objects_follow_each_workers_queue(rendered):
+    for variant in ("overlays/production", "overlays/managed-redis"):
+        objects = rendered[variant]
+        redis_url = urlsplit(config_data(objects)["REDIS_URL"])
+        auth = named(objects, "TriggerAuthentication")["redis"]
+        (ref,) = auth["spec"]["secretTargetRef"]
+        assert ref["name"] in named(objects, "Secret") and ref["parameter"] == "password"
+        assert ref["key"] in secret_data(objects)
+        for name, scaled in named(objects, "ScaledObject").items():
+            spec = scaled["spec"]
+            assert spec["scaleTargetRef"]["name"] == name and name in workloads(objects)
+            (trigger,) = spec["triggers"]
+            assert trigger["type"] == "redis" and trigger["authenticationRef"]["name"] == "redis"
+            # The worker's command names its kind; the worker consumes the queue of that name.
+            assert (
+                trigger["metadata"]["listName"] == container(workloads(objects)[name])["args"][-1]
+            )
+            assert trigger["metadata"]["listName"] == WORKERS[name]
+            assert trigger["metadata"]["address"] == redis_url.netloc
+            assert (trigger["metadata"].get("enableTLS") == "true") == (
+                redis_url.scheme == "rediss"
+            )
+            assert (
+                spec["minReplicaCount"] >= 1 and spec["maxReplicaCount"] > spec["minReplicaCount"]
+            )
+
+
+def test_every_referenced_secret_and_config_exists(rendered):
+    for variant, objects in rendered.items():
+        secrets, config = secret_data(objects), config_data(objects)
+        secret_name, config_name = next(iter(named(objects, "Secret"))), next(iter(named(objects, "ConfigMap")))  # fmt: skip
+        assert set(secrets) == {"redis_password", "flower_password"}
+        for name, obj in workloads(objects).items():
+            pod = pod_spec(obj)
+            for volume in pod.get("volumes", []):
+                if "secret" in volume:
+                    assert volume["secret"]["secretName"] == secret_name, (variant, name)
+            for source in container(obj).get("envFrom", []):
+                assert source["configMapRef"]["name"] == config_name, (variant, name)
+        assert {"REDIS_URL", "CPU_SOFT_SHUTDOWN_TIMEOUT", "IO_CONCURRENCY"} <= set(config)
+        # The password reaches the pods as a file, never inside the URL.
+        assert urlsplit(config["REDIS_URL"]).password is None

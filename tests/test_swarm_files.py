@@ -1,0 +1,108 @@
+"""The Swarm stack file against compose.yaml: they cannot drift, and `docker stack config`
+accepts it (no engine or swarm needed)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import generate, run
+
+# Variables only the stack reads (compose builds its image and runs one replica of each).
+SWARM_ONLY = {"IMAGE", "CPU_REPLICAS", "IO_REPLICAS", "CPU_WORKER_CPUS"}
+SAME = ("command", "entrypoint", "healthcheck", "stop_grace_period", "user", "read_only", "init")
+CASES = {
+    "default": {},
+    "solo": {"cpu_pool": "solo", "io_pool": "threads", "project_name": "Beta Jobs"},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def project(request, tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp(request.param), **CASES[request.param])
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def variables(path: Path) -> set[str]:
+    """Variables the long-running services read (anchors resolved; compose's one-shot
+    producer is not part of the stack)."""
+    services = {n: s for n, s in load(path)["services"].items() if n != "producer"}
+    return set(re.findall(r"\$\{([A-Z_]+)", yaml.safe_dump(services)))
+
+
+def test_stack_runs_what_compose_runs(project):
+    compose = load(project / "compose.yaml")["services"]
+    stack = load(project / "deploy" / "swarm" / "stack.yaml")["services"]
+    assert set(stack) == set(compose) - {"producer"}
+    for name, service in stack.items():
+        for key in SAME:
+            assert service.get(key) == compose[name].get(key), f"{name}.{key} differs"
+        assert set(service.get("environment", {})) == set(compose[name].get("environment", {}))
+        assert service.get("secrets") == compose[name].get("secrets"), name
+    # Non-root: the Python services run as the image's user, Redis as its own.
+    assert stack["redis"]["user"] == "redis"
+    assert all(s.get("read_only") for n, s in stack.items() if n != "redis")
+
+
+def test_stack_and_compose_read_the_same_variables(project):
+    compose = variables(project / "compose.yaml")
+    stack = variables(project / "deploy" / "swarm" / "stack.yaml")
+    assert stack - compose == SWARM_ONLY
+    assert compose - stack == {"IMAGE_TAG"}  # compose tags what it builds; Swarm runs IMAGE
+    example = (project / ".env.example").read_text()
+    for name in stack:
+        assert re.search(rf"(?m)^(# )?{name}=", example), f"{name} is not in .env.example"
+
+
+def test_secrets_come_from_the_generated_files(project):
+    for path in ("compose.yaml", "deploy/swarm/stack.yaml"):
+        text = (project / path).read_text()
+        secrets = load(project / path)["secrets"]
+        assert {
+            n: (project / path).parent.joinpath(s["file"]).resolve() for n, s in secrets.items()
+        } == {n: (project / "secrets" / n).resolve() for n in ("redis_password", "flower_password")}
+        for value in (project / "secrets").iterdir():
+            assert value.read_text() not in text
+
+
+def test_ipvs_override_covers_every_service(project):
+    stack = load(project / "deploy" / "swarm" / "stack.yaml")["services"]
+    override = load(project / "deploy" / "swarm" / "stack.dnsrr.yaml")["services"]
+    assert set(override) == set(stack)
+    assert all(s["deploy"] == {"endpoint_mode": "dnsrr"} for s in override.values())
+    assert [p["mode"] for p in override["flower"]["ports"]] == ["host"]
+    # The shipped default keeps Swarm's VIPs and routing mesh for normal clusters.
+    assert all("endpoint_mode" not in s.get("deploy", {}) for s in stack.values())
+
+
+@pytest.mark.parametrize("override", [False, True])
+def test_docker_stack_config_accepts_the_stack(project, override):
+    if shutil.which("docker") is None:
+        pytest.fail("the docker client is needed (.ci/docker-engine.sh installs it)")
+    files = ["-c", "deploy/swarm/stack.yaml"]
+    if override:
+        files += ["-c", "deploy/swarm/stack.dnsrr.yaml"]
+    env = {**os.environ, "IMAGE": "registry.example/app:1.2", "FLOWER_USER": "ops"}
+    out = yaml.safe_load(run(["docker", "stack", "config", *files], cwd=project, env=env).stdout)
+    services = out["services"]
+    assert {s["image"] for n, s in services.items() if n != "redis"} == {"registry.example/app:1.2"}
+    solo = "solo" in (project / ".env.example").read_text().split("CPU_POOL=")[1].split()[0]
+    assert services["worker-cpu"]["deploy"]["replicas"] == (2 if solo else 1)
+    assert services["worker-cpu"]["deploy"]["update_config"]["order"] == "start-first"
+    assert services["worker-io"]["deploy"]["resources"]["limits"]["cpus"] == "1"
+    modes = {n: s.get("deploy", {}).get("endpoint_mode") for n, s in services.items()}
+    assert modes == dict.fromkeys(services, "dnsrr" if override else None)
+    assert services["flower"]["ports"][0].get("mode", "ingress") == (
+        "host" if override else "ingress"
+    )
+    missing = run(["docker", "stack", "config", *files], cwd=project, check=False,
+                  env={**os.environ, "FLOWER_USER": "ops", "IMAGE": ""})  # fmt: skip
+    assert missing.returncode != 0
+    assert "set IMAGE to the image pushed to your registry" in missing.stderr

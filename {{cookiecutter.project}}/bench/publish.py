@@ -1,0 +1,103 @@
+"""5. The cost of durable publishing: publish throughput with and without the WAITAOF wait.
+
+Every variant publishes to the same Redis 7.2+, append-only file on, as compose runs it. The
+publishing runs in a child process (``python -m bench.publish``) whose app points at that Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import redis
+
+from bench import procs
+
+# variant: (tasks per batch, wait for the AOF after each batch, appendfsync)
+VARIANTS = {
+    "plain": ("batch", False, "everysec"),
+    "durable": ("batch", True, "everysec"),
+    "durable, one batch": ("all", True, "everysec"),
+    "plain, appendfsync always": ("batch", False, "always"),
+}
+
+
+def publish_cost(bench, sizes) -> list[dict]:
+    try:
+        stop, url = procs.start_waitaof_redis(bench.logdir)
+    except RuntimeError as exc:  # reported in the results; the other scenarios keep theirs
+        return [{"variant": "durable", "n": sizes.publish_tasks, "succeeded": 0, "errors": [str(exc)]}]  # fmt: skip
+    try:
+        # Rounds interleave the variants, so a busy spell of the machine hits them all alike.
+        rounds = [_round(bench, sizes, url) for _ in range(sizes.publish_rounds)]
+    finally:
+        stop()
+    rows = [_row(variant, [r[i] for r in rounds]) for i, variant in enumerate(VARIANTS)]
+    plain = rows[0]
+    for row in rows:
+        _compare(row, plain)
+    return rows
+
+
+def _round(bench, sizes, url: str) -> list[dict]:
+    return [_run(bench, sizes, url, variant) for variant in VARIANTS]
+
+
+def _run(bench, sizes, url: str, variant: str) -> dict:
+    """One publishing child; returns its figures or the error it ended with."""
+    size, durably, fsync = VARIANTS[variant]
+    n, batch = sizes.publish_tasks, sizes.publish_batch if size == "batch" else sizes.publish_tasks
+    client = redis.Redis.from_url(url)
+    client.config_set("appendfsync", fsync)
+    client.delete("cpu")
+    argv = [sys.executable, "-m", "bench.publish", str(n), str(batch), str(int(durably))]
+    proc = subprocess.run(argv, env=bench.env(REDIS_URL=url), capture_output=True, text=True, timeout=120 + n)  # fmt: skip
+    queued = client.llen("cpu") - 1  # without the child's first, untimed task
+    run = {"appendfsync": fsync, "batch": batch, "n": n, "succeeded": queued}
+    if proc.returncode != 0:
+        return {**run, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    return {**run, "seconds": json.loads(proc.stdout)["seconds"]}
+
+
+def _row(variant: str, runs: list[dict]) -> dict:
+    """The median run's time; ok only if every run queued every task."""
+    errors = sorted({run["error"] for run in runs if "error" in run})
+    times = [run["seconds"] for run in runs if "seconds" in run]
+    row = {"variant": variant, **runs[0], "rounds": len(runs), "errors": errors}
+    row.pop("error", None)
+    row["succeeded"] = min(run["succeeded"] for run in runs)
+    if times and not errors:
+        row["seconds"] = round(statistics.median(times), 3)
+        row["tasks_per_s"] = round(row["n"] / row["seconds"], 1)
+    return row
+
+
+def _compare(row: dict, plain: dict) -> None:
+    """Throughput against plain publishing, and the time added per batch by the wait."""
+    if "seconds" not in row or "seconds" not in plain:
+        return
+    row["x_plain"] = round(plain["seconds"] / row["seconds"], 3)
+    batches = -(-row["n"] // row["batch"])
+    row["added_ms_per_batch"] = round(1000 * (row["seconds"] - plain["seconds"]) / batches, 1)
+
+
+def _publish(n: int, batch: int, durably: bool) -> float:
+    """Publish ``n`` no-op tasks in batches through the producer's own code; seconds taken."""
+    from {{ cookiecutter.package }}.celery_app import CPU_QUEUE
+    from {{ cookiecutter.package }}.producer import Job, submit
+    from {{ cookiecutter.package }}.tasks import cpu
+
+    submit([Job(CPU_QUEUE, cpu.noop.s())])  # connect first: the figures are about publishing
+    jobs = [Job(CPU_QUEUE, cpu.noop.s()) for _ in range(n)]
+    started = time.perf_counter()
+    for first in range(0, n, batch):
+        submit(jobs[first : first + batch], durably=durably)
+    return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    count, size, durable = map(int, sys.argv[1:4])
+    print(json.dumps({"seconds": _publish(count, size, bool(durable))}))
