@@ -3,28 +3,27 @@
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 import redis
 from celery import Celery
 
-from {{ cookiecutter.package }}.celery_app import app
 from {{ cookiecutter.package }}.events import BufferedTaskEvents
 
-from conftest import Worker, stop, wait_until
+from conftest import Worker, make_client, stop, wait_until, with_redis
 
 WAIT_ON_API = "{{ cookiecutter.package }}.tasks.io.wait_on_api"
 STATES = ("task-received", "task-started", "task-succeeded")
 
 
 @pytest.fixture
-def client(private_redis) -> Celery:
-    """A producer/monitor of the test's own Redis, routing as the app does, no result store."""
-    client = Celery("events-test", broker=private_redis.url, set_as_current=False)
-    names = ("task_routes", "task_queues", "broker_transport", "broker_transport_options")
-    client.conf.update({name: app.conf[name] for name in names})
-    return client
+def client(private_redis) -> Iterator[Celery]:
+    """A producer and event monitor of the test's own Redis."""
+    client = make_client(private_redis.url)
+    yield client
+    client.close()
 
 
 class EventLog:
@@ -55,7 +54,9 @@ class EventLog:
 
 def start_io_worker(client: Celery, env: dict, tmp_path, **extra: str) -> tuple[Worker, EventLog]:
     events = EventLog(client)
-    env = {**env, "REDIS_URL": client.conf.broker_url, "IO_POOL": "gevent", **extra}
+    secrets = tmp_path / "no-secrets"
+    secrets.mkdir()
+    env = {**with_redis(env, client.conf.broker_url, secrets), "IO_POOL": "gevent", **extra}
     worker = Worker("io", env, tmp_path)
     wait_until(worker.ready, 60, "io worker")
     # Subscribed once the worker's own heartbeat shows up: no later event can be missed.
