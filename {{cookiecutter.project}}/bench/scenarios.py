@@ -341,7 +341,8 @@ def _overhead_row(bench: Bench, sizes: Sizes, variant: str, events: bool) -> dic
 def exporter(bench: Bench, sizes: Sizes) -> list[dict]:
     """The io batch of scenario 1 (events on) with the exporter (metrics.py) consuming its events."""
     port = procs.free_port()
-    argv = [sys.executable, "-m", "{{ cookiecutter.package }}.metrics", "--port", str(port)]
+    module = "{{ cookiecutter.package }}.metrics"
+    argv = [sys.executable, "-m", module, "--port", str(port)]
     env = bench.env(TASK_EVENTS=True)
     with (bench.logdir / "exporter.log").open("w") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)

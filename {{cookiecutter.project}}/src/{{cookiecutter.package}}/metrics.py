@@ -110,10 +110,14 @@ def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
     port = args[1] if args[:1] == ["--port"] and len(args) == 2 else None
     if args and port is None:
-        print("usage: python -m {{ cookiecutter.package }}.metrics [--port N]", file=sys.stderr)
+        print(
+            "usage: python -m {{ cookiecutter.package }}.metrics [--port N]",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     exporter.REGISTRY.register(StackCollector(app).start())
-    argv = ["-A", "{{ cookiecutter.package }}.celery_app", "prometheus", "--queue-length"]
+    app_module = "{{ cookiecutter.package }}.celery_app"
+    argv = ["-A", app_module, "prometheus", "--queue-length"]
     # In this process, so the exporter serves the collector registered above.
     celery.main([*argv, f"--port={port or PORT}"], prog_name="celery", auto_envvar_prefix="CELERY")
 
