@@ -132,7 +132,7 @@ def test_workload_metrics_by_queue(stack):
     s, prom = stack
     # ~6 s of CPU work on 2 idle cores (0.1 s a task): the cpu backlog is seen by a few scrapes.
     proc = s.compose("run", "--rm", "producer", "--cpu", str(CPU_TASKS), "--cpu-limit", "100000",
-                     "--io", str(IO_TASKS), "--io-delay", "1", "--json", timeout=900)  # fmt: skip
+                     "--io", str(IO_TASKS), "--io-delay", "1", "--timeout", "840", "--json", timeout=900)  # fmt: skip
     assert json.loads(proc.stdout)["ok"]
     peak = prom.query('max_over_time(celery_queue_waiting{queue="cpu"}[10m])')
     assert peak["cpu"] > 0, peak
