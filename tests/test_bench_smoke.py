@@ -7,9 +7,8 @@ only that every scenario ran every task and reported its figures.
 from __future__ import annotations
 
 import json
-import os
 
-from conftest import generate, run
+from conftest import clean_env, generate, run
 
 # Figures each scenario must report as positive numbers, per row.
 FIGURES = {
@@ -32,7 +31,7 @@ VARIANTS = {
 
 def test_bench_smoke_reports_every_scenario(tmp_path):
     project = generate(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "REDIS_URL")}
+    env = clean_env()
     run(["uv", "sync", "--locked", "--quiet", "--group", "bench"], cwd=project, env=env)
     out = tmp_path / "results"
     bench = ["uv", "run", "--locked", "--group", "bench", "python", "-m"]
@@ -62,8 +61,49 @@ def test_bench_smoke_reports_every_scenario(tmp_path):
 
 def test_bench_rejects_an_unknown_scenario(tmp_path):
     project = generate(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env = clean_env()
     cmd = ["uv", "run", "--locked", "python", "-m", "bench"]
     proc = run([*cmd, "--scenarios", "io,speed"], cwd=project, env=env, check=False)
     assert proc.returncode == 2
     assert "unknown speed" in proc.stderr
+
+
+def container_ids(stack, kind: str) -> list[str]:
+    return stack.compose("ps", "-q", f"worker-{kind}").stdout.split()
+
+
+def test_bench_stack_mode_measures_the_running_stacks_workers(compose_stack, tmp_path):
+    """--stack: no local workers; the tasks run on the stack's containers, at its concurrency."""
+    env = clean_env()
+    env["COMPOSE_PROJECT_NAME"] = compose_stack.name
+    out = tmp_path / "results"
+    cmd = [
+        "uv",
+        "run",
+        "--locked",
+        "python",
+        "-m",
+        "bench",
+        "--stack",
+        "--smoke",
+        "--out",
+        str(out),
+    ]
+    proc = run(cmd, cwd=compose_stack.path, env=env, timeout=900)
+
+    document = json.loads((out / "bench-stack.json").read_text())
+    assert document["mode"] == "stack"
+    io_slots = document["slots"]["io"]
+    assert list(io_slots.values()) == [int(compose_stack.env["IO_CONCURRENCY"])]
+    io_row, mixed = document["results"]["stack"]
+    for row in (io_row, mixed):
+        assert row["succeeded"] == row["n"] > 0 and row["errors"] == [], row
+        assert row["tasks_per_s"] > 0
+    assert io_row["bound_tasks_per_s"] == sum(io_slots.values()) / io_row["latency_s"]
+    assert {w.split("@")[0] for w in mixed["workers"]} == {"cpu", "io"}
+    # A container's hostname is the start of its id: the stack's containers ran the tasks.
+    expected = {
+        f"{kind}@{cid[:12]}" for kind in ("cpu", "io") for cid in container_ids(compose_stack, kind)
+    }
+    assert set(mixed["workers"]) == expected
+    assert "running stack" in proc.stdout

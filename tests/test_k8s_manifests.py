@@ -31,7 +31,7 @@ K8S_VERSIONS = ("1.30.0", "1.33.0", "1.37.0")
 KEDA_CHECK = Path(__file__).parent / "keda" / "validate.mjs"
 ALT_ANSWERS = {"project_name": "Beta Jobs", "cpu_pool": "solo", "io_pool": "threads", "io_concurrency": "300"}  # fmt: skip
 WORKERS = {"worker-cpu": "cpu", "worker-io": "io"}
-REDIS_CLIENTS = {"worker-cpu", "worker-io", "flower", "producer"}
+REDIS_CLIENTS = {"worker-cpu", "worker-io", "beat", "flower", "producer"}
 
 
 @pytest.fixture(scope="module", params=["default", "alt"])
@@ -68,9 +68,9 @@ def test_each_variant_renders_what_it_should(rendered):
     assert keda <= kinds["overlays/production"] and redis <= kinds["overlays/production"]
     assert keda <= kinds["overlays/managed-redis"] and not redis & kinds["overlays/managed-redis"]
     for variant in VARIANTS:
-        assert {("Deployment", n) for n in ("worker-cpu", "worker-io", "flower", "demo-api")} <= (
-            kinds[variant]
-        )
+        assert {
+            ("Deployment", n) for n in ("worker-cpu", "worker-io", "beat", "flower", "demo-api")
+        } <= (kinds[variant])
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -170,7 +170,7 @@ def test_long_running_containers_have_three_probes(rendered):
 def test_worker_probes_read_the_heartbeat_file(project, rendered):
     package = next(p.name for p in (project / "src").iterdir() if p.is_dir())
     for variant in VARIANTS:
-        for name in WORKERS:
+        for name in (*WORKERS, "beat"):
             spec = container(workloads(rendered[variant])[name])
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                 command = spec[probe]["exec"]["command"]
@@ -211,7 +211,7 @@ def test_disruption_budgets_never_block_a_drain(rendered):
     for variant in VARIANTS:
         objects = rendered[variant]
         budgets = named(objects, "PodDisruptionBudget")
-        assert set(budgets) == {"worker-cpu", "worker-io", "flower"}
+        assert set(budgets) == {"worker-cpu", "worker-io", "beat", "flower"}
         for name, budget in budgets.items():
             assert "minAvailable" not in budget["spec"]
             assert budget["spec"]["maxUnavailable"] >= 1

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Stack, free_port, generate, run
+from conftest import Stack, free_port, generate, point_at_private_bases, run
 
 pytestmark = pytest.mark.monitoring
 
@@ -95,6 +95,7 @@ def stack(require_docker, project):
     config.write_text(
         config.read_text().replace("scrape_interval: 10s", f"scrape_interval: {SCRAPE}")
     )
+    point_at_private_bases(project)
     stack.compose("build", timeout=1800)
     stack.compose("--profile", "monitoring", "up", "-d", *SERVICES, timeout=900)
     # Polled rather than `up --wait`, which gives up at the first failed probe: on a saturated

@@ -3,16 +3,20 @@
     python -m bench                 # full run (about 12 minutes on 2 cores)
     python -m bench --smoke         # tiny batches, for CI
     python -m bench --scenarios io,mixed
+    python -m bench --stack [--smoke]     # the running compose stack's own workers instead
 
-Writes bench-results.json and bench-results.png to --out. Exit status 1 if any task failed.
+Writes bench-results.json and bench-results.png to --out (--stack: bench-stack.json).
+Exit status 1 if any task failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--out", type=Path, default=Path(), help="folder for bench-results.json/.png"
+    )
+    parser.add_argument(
+        "--stack",
+        action="store_true",
+        help="measure the workers of the running compose stack (make up) instead of local ones",
     )
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.scenarios.split(",") if name.strip()]
@@ -71,6 +80,8 @@ def require_matplotlib() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.stack:
+        return run_stack(args)
     require_matplotlib()
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -132,6 +143,27 @@ def _run(args, base: dict[str, str], redis_url: str, api_url: str, workdir: Path
     report.write_chart(args.out / "bench-results.png", results)
     console.print(f"wrote {args.out / 'bench-results.json'} and {args.out / 'bench-results.png'}")
     return all(row.get("succeeded") == row.get("n") for rows in results.values() for row in rows)
+
+
+def run_stack(args: argparse.Namespace) -> int:
+    """bench/stack.py in a one-off container of the stack (the producer service's image and
+    network, bench/ mounted): it reaches Redis, which the stack does not publish."""
+    from rich.console import Console
+
+    from bench import report
+
+    argv = ["docker", "compose", "run", "--rm", "--no-deps", "-T", "--entrypoint", "python"]
+    argv += ["-v", f"{PROJECT / 'bench'}:/bench-src/bench:ro", "-e", "PYTHONPATH=/bench-src"]
+    argv += ["producer", "-m", "bench.stack", *(["--smoke"] if args.smoke else [])]
+    proc = subprocess.run(argv, cwd=PROJECT, stdout=subprocess.PIPE, text=True, check=False)
+    if not proc.stdout.strip():
+        return proc.returncode or 1
+    document = json.loads(proc.stdout)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    report.print_tables(console, document["results"], [])
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.write_json(args.out / "bench-stack.json", document)
+    return proc.returncode
 
 
 def machine(redis_url: str) -> dict:

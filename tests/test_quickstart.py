@@ -1,0 +1,67 @@
+"""quickstart.sh, the template README's first command: generate, start, produce, point at Flower.
+
+On the CI machine the engine, Compose and uv are already there (.ci/setup), so this runs the
+script's reuse path; it borrows the default stack's image tag so its build is a cache hit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from conftest import TEMPLATE, Stack, free_port, run
+
+SCRIPT = TEMPLATE / "quickstart.sh"
+
+
+def quickstart(cwd, env, *args: str) -> subprocess.CompletedProcess:
+    return run(["bash", str(SCRIPT), *args], cwd=cwd, env=env, timeout=1800, check=False)
+
+
+def succeeded_tasks(stack: Stack, want: int = 220, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, tasks = stack.flower("/api/tasks?state=SUCCESS")
+        assert status == 200, tasks
+        if len(tasks) >= want or time.monotonic() > deadline:
+            return len(tasks)
+        time.sleep(1)
+
+
+def test_quickstart_brings_the_stack_up_and_points_at_flower(compose_stack, tmp_path):
+    port, name = free_port(), f"quickstart-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    # The shell environment wins over .env: a compose project and image tag of this session.
+    env.update(COMPOSE_PROJECT_NAME=name, IMAGE_TAG=compose_stack.name)
+    stack = Stack(tmp_path / "task-queue", name)
+    try:
+        first = quickstart(tmp_path, env, f"flower_port={port}")
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert f"Flower: http://127.0.0.1:{port}\n" in first.stdout
+        login = f"user FLOWER_USER in {stack.path}/.env, password in {stack.path}/secrets/flower_password"
+        assert f"Login:  {login}\n" in first.stdout
+        workers = stack.workers()
+        assert {w.split("@")[0] for w in workers} == {"cpu", "io"}
+        # The producer's 20 CPU + 200 I/O tasks, as Flower saw them (events trail the results).
+        assert succeeded_tasks(stack) == 220
+        secrets = stack.secret("flower_password"), (stack.path / ".env").read_text()
+
+        again = quickstart(
+            tmp_path, env, f"flower_port={port}"
+        )  # reuses the project, its secrets and its volume
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert (stack.secret("flower_password"), (stack.path / ".env").read_text()) == secrets
+        assert f"Flower: http://127.0.0.1:{port}\n" in again.stdout
+    finally:
+        stack.compose("down", "-v", "--timeout", "30", check=False)
+
+
+def test_quickstart_refuses_a_bad_argument_in_one_line(tmp_path):
+    proc = quickstart(tmp_path, dict(os.environ), "Billing Jobs")
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "[quickstart] error: 'Billing Jobs' is not an option=value pair"
+        ' (e.g. project_name="Billing Jobs")\n'
+    )
+    assert list(tmp_path.iterdir()) == []
