@@ -13,6 +13,9 @@ set -euo pipefail
 # engine; users of the generated project still get the official images.
 BASE_IMAGES=${BASE_IMAGES:-"python:3.13-slim python:3.11-slim redis:8"}
 PREFIX=${BASE_IMAGE_PREFIX:-celery-template-base}
+# The monitoring profile's Prometheus (Grafana has no stand-in: its dashboard's queries are
+# tested against Prometheus instead).
+PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE:-prom/prometheus:v3.5.0}
 STATE=${DOCKER_SETUP_DIR:-/var/tmp/docker-setup}
 export DEBIAN_FRONTEND=noninteractive
 mkdir -p "$STATE"
@@ -79,10 +82,35 @@ WORKDIR /data
 EOF
 }
 
+# Debian's prometheus package, unpacked (installing it would start a service): promtool for
+# the alert rule tests, and the server for a Prometheus stand-in.
+unpack_prometheus() {
+  local dir="$STATE/prometheus"
+  if [ ! -x "$dir/usr/bin/promtool" ]; then
+    log "unpacking Debian's prometheus package"
+    mkdir -p "$dir"
+    (cd "$dir" && { apt-get download prometheus 2>/dev/null \
+      || { apt-get update -qq && apt-get download prometheus; }; } && dpkg -x prometheus_*.deb .)
+  fi
+  install -m 0755 "$dir/usr/bin/promtool" /usr/local/bin/promtool
+}
+
+# Debian's Prometheus build at the official image's paths, on the trixie Python stand-in.
+build_prometheus_standin() {
+  provide_image python:3.13-slim
+  printf '%s\n' "FROM $PREFIX/python:3.13-slim" 'COPY usr/bin/prometheus usr/bin/promtool /bin/' \
+    'RUN mkdir -p /prometheus /etc/prometheus' 'WORKDIR /prometheus' \
+    | docker build -q -t "$PREFIX/$1" -f - "$STATE/prometheus" >/dev/null
+}
+
 build_standin() {
   local tag=$1 suite root
   if [ "$tag" = redis:8 ]; then
     build_redis_standin "$tag"
+    return
+  fi
+  if [ "$tag" = "$PROMETHEUS_IMAGE" ]; then
+    build_prometheus_standin "$tag"
     return
   fi
   suite=$(python_suite "$tag") || {
@@ -123,7 +151,8 @@ main() {
   install_compose_plugin
   start_daemon
   local tag
-  for tag in $BASE_IMAGES; do provide_image "$tag"; done
+  unpack_prometheus
+  for tag in $BASE_IMAGES "$PROMETHEUS_IMAGE"; do provide_image "$tag"; done
   docker compose version
 }
 

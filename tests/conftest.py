@@ -194,14 +194,14 @@ def base_image(public: str) -> str:
 
 def point_at_private_bases(project: Path) -> None:
     """Write compose.override.yaml (read by compose next to compose.yaml): every built service
-    builds FROM the private python image, every redis service runs the private redis image."""
+    builds FROM the private python image, redis and prometheus services run private images."""
     compose = yaml.safe_load((project / "compose.yaml").read_text())
     services = {}
     for name, service in compose["services"].items():
         if "build" in service:
             python = base_image(f"python:{service['build']['args']['PYTHON_VERSION']}-slim")
             services[name] = {"build": {"args": {"PYTHON_IMAGE": python}}}
-        elif str(service.get("image", "")).startswith("redis:"):
+        elif str(service.get("image", "")).startswith(("redis:", "prom/prometheus:")):
             services[name] = {"image": base_image(service["image"])}
     override = "# Test only: private base images (tests/conftest.py).\n"
     (project / "compose.override.yaml").write_text(

@@ -17,6 +17,7 @@ FIGURES = {
     "mixed": ("makespan_s", "bound_s", "x_bound", "io_latency_p50_s", "io_latency_p99_s"),
     "overhead": ("tasks_per_s", "cpu_ms_per_task", "cpu_bound_tasks_per_s"),
     "publish": ("tasks_per_s", "x_plain", "batch"),
+    "exporter": ("tasks_per_s", "pct_of_bound", "exporter_cpu_s", "exporter_cpu_ms_per_task"),
 }
 VARIANTS = {
     "io": {"template io", "untuned gevent", "template io x cores", "prefork c=cores"},
@@ -24,6 +25,7 @@ VARIANTS = {
     "mixed": {"template: cpu prefork + io gevent", "default: one prefork worker"},
     "overhead": {"template io", "untuned gevent", "template cpu", "untuned prefork"},
     "publish": {"plain", "durable", "durable, one batch", "plain, appendfsync always"},
+    "exporter": {"template io + exporter"},
 }
 
 
@@ -49,6 +51,9 @@ def test_bench_smoke_reports_every_scenario(tmp_path):
             for figure in FIGURES[name]:
                 value = row.get(figure)
                 assert isinstance(value, int | float) and value > 0, (name, row["variant"], figure)
+    # The exporter counted every task of its batch from the (buffered) events.
+    (exporter,) = document["results"]["exporter"]
+    assert exporter["exporter_counted"] == exporter["n"]
     measured = [t for t in document["targets"] if t["measured"] is not None]
     assert len(measured) == len(document["targets"]) >= 9
     assert "Targets" in proc.stdout
