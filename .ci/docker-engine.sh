@@ -2,12 +2,20 @@
 # Make a Docker engine + Compose v2 available, and the base images the stack names.
 #
 # Where a registry is reachable the base images are simply pulled. Where none is (this
-# project's CI machine), each missing tag gets a local stand-in: a Debian root file system
-# with Python, pip, redis-server and this machine's CA bundle (for pip behind its proxy).
+# project's CI machine), each gets a local stand-in: a Debian root file system with the same
+# Python minor version (with pip) or Redis major version, and this machine's CA bundle (for pip
+# behind its proxy).
 # Safe to run again: every step is skipped when already done.
 set -euo pipefail
 
-BASE_IMAGES=${BASE_IMAGES:-"python:3.13-slim python:3.12-slim python:3.11-slim redis:8"}
+# The stack's public base images. Tests build and run against private aliases of them
+# (PREFIX/<tag>, see tests/conftest.py), so a stand-in never shadows a real image on a shared
+# engine; users of the generated project still get the official images.
+BASE_IMAGES=${BASE_IMAGES:-"python:3.13-slim python:3.11-slim redis:8"}
+PREFIX=${BASE_IMAGE_PREFIX:-celery-template-base}
+# The monitoring profile's Prometheus (Grafana has no stand-in: its dashboard's queries are
+# tested against Prometheus instead).
+PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE:-prom/prometheus:v3.5.0}
 STATE=${DOCKER_SETUP_DIR:-/var/tmp/docker-setup}
 export DEBIAN_FRONTEND=noninteractive
 mkdir -p "$STATE"
@@ -53,49 +61,98 @@ start_daemon() {
   return 1
 }
 
-missing_images() {
-  local tag
-  for tag in $BASE_IMAGES; do
-    docker image inspect "$tag" >/dev/null 2>&1 && continue
-    timeout 60 docker pull -q "$tag" >/dev/null 2>&1 && continue
-    echo "$tag"
-  done
+# Debian release of an honest Python stand-in: the same minor version as the tag names.
+# No Debian release carries Python 3.12, so it has none.
+python_suite() {
+  case "$1" in
+    python:3.13-slim) echo trixie ;;
+    python:3.11-slim) echo bookworm ;;
+    *) return 1 ;;
+  esac
+}
+
+# Redis 8.0 from Debian trixie, on the trixie Python stand-in (saves a second bootstrap).
+build_redis_standin() {
+  provide_image python:3.13-slim
+  docker build -q -t "$PREFIX/$1" - >/dev/null <<EOF
+FROM $PREFIX/python:3.13-slim
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server \\
+    && rm -rf /var/lib/apt/lists/* && mkdir -p /data && chown redis:redis /data
+WORKDIR /data
+EOF
+}
+
+# Debian's prometheus package, unpacked (installing it would start a service): promtool for
+# the alert rule tests, and the server for a Prometheus stand-in.
+unpack_prometheus() {
+  local dir="$STATE/prometheus"
+  if [ ! -x "$dir/usr/bin/promtool" ]; then
+    log "unpacking Debian's prometheus package"
+    mkdir -p "$dir"
+    (cd "$dir" && { apt-get download prometheus 2>/dev/null \
+      || { apt-get update -qq && apt-get download prometheus; }; } && dpkg -x prometheus_*.deb .)
+  fi
+  install -m 0755 "$dir/usr/bin/promtool" /usr/local/bin/promtool
+}
+
+# Debian's Prometheus build at the official image's paths, on the trixie Python stand-in.
+build_prometheus_standin() {
+  provide_image python:3.13-slim
+  printf '%s\n' "FROM $PREFIX/python:3.13-slim" 'COPY usr/bin/prometheus usr/bin/promtool /bin/' \
+    'RUN mkdir -p /prometheus /etc/prometheus' 'WORKDIR /prometheus' \
+    | docker build -q -t "$PREFIX/$1" -f - "$STATE/prometheus" >/dev/null
 }
 
 build_standin() {
-  local root="$STATE/rootfs"
-  if [ ! -x "$root/usr/bin/redis-server" ]; then
-    log "bootstrapping a Debian root for stand-in images (no registry reachable)"
+  local tag=$1 suite root
+  if [ "$tag" = redis:8 ]; then
+    build_redis_standin "$tag"
+    return
+  fi
+  if [ "$tag" = "$PROMETHEUS_IMAGE" ]; then
+    build_prometheus_standin "$tag"
+    return
+  fi
+  suite=$(python_suite "$tag") || {
+    log "no registry and no stand-in recipe for $tag"
+    return 1
+  }
+  root="$STATE/rootfs-$suite-python"
+  if [ ! -e "$root/.complete" ]; then
+    log "bootstrapping Debian $suite for a stand-in of $tag (no registry reachable)"
     rm -rf "$root"
-    debootstrap --variant=minbase \
-      --include=python3,python3-venv,python3-pip,ca-certificates,redis-server,curl \
-      trixie "$root" >/dev/null
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+      "$suite" "$root" >/dev/null
+    touch "$root/.complete"
   fi
   rm -f "$root"/usr/lib/python3*/EXTERNALLY-MANAGED
   ln -sf /usr/bin/python3 "$root/usr/local/bin/python"
   ln -sf /usr/bin/pip3 "$root/usr/local/bin/pip"
-  # As in the official redis image: /data exists and belongs to the redis user.
-  mkdir -p "$root/data"
-  chroot "$root" chown redis:redis /data
   cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
-  tar -C "$root" -c . | docker import \
+  tar -C "$root" --exclude=./.complete -c . | docker import \
     -c 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
-    -c 'WORKDIR /data' - standin:trixie >/dev/null
+    - "$PREFIX/$tag" >/dev/null
+}
+
+# PREFIX/<tag>: the real image where a registry answers, else a local stand-in.
+provide_image() {
+  local tag=$1
+  docker image inspect "$PREFIX/$tag" >/dev/null 2>&1 && return
+  if timeout 60 docker pull -q "$tag" >/dev/null 2>&1; then
+    docker tag "$tag" "$PREFIX/$tag"
+  else
+    build_standin "$tag"
+  fi
+  log "$PREFIX/$tag ready"
 }
 
 main() {
   install_engine
   install_compose_plugin
   start_daemon
-  local need
-  need=$(missing_images)
-  if [ -n "$need" ]; then
-    build_standin
-    for tag in $need; do
-      log "tagging stand-in as $tag"
-      docker tag standin:trixie "$tag"
-    done
-  fi
+  local tag
+  unpack_prometheus
+  for tag in $BASE_IMAGES "$PROMETHEUS_IMAGE"; do provide_image "$tag"; done
   docker compose version
 }
 

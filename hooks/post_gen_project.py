@@ -28,6 +28,7 @@ def write_private(path: Path, text: str, mode: int = 0o600) -> None:
     tmp.unlink(missing_ok=True)  # O_CREAT keeps the mode of a leftover
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "w") as handle:
+        os.fchmod(fd, mode)  # the mode above is masked by the umask; this is not
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())

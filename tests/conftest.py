@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from cookiecutter.main import cookiecutter
 
 TEMPLATE = Path(__file__).resolve().parents[1]
@@ -30,6 +32,13 @@ def generate(output_dir: Path, **answers: str) -> Path:
             str(TEMPLATE), no_input=True, output_dir=str(output_dir), extra_context=answers
         )
     )
+
+
+def clean_env() -> dict[str, str]:
+    """The caller's environment for commands in a generated project, minus what would steer
+    them elsewhere: the template's own virtualenv and any Redis of the caller's."""
+    drop = ("VIRTUAL_ENV", "TEST_REDIS_URL", "REDIS_URL")
+    return {k: v for k, v in os.environ.items() if k not in drop}
 
 
 def run(
@@ -85,6 +94,15 @@ class Stack:
         return dict(
             line.split("=", 1) for line in lines if "=" in line and not line.startswith("#")
         )
+
+    def set_env(self, **values: str) -> None:
+        """Set variables in the stack's .env: a line replaced, or added where there is none."""
+        text = (self.path / ".env").read_text()
+        for key, value in values.items():
+            text, count = re.subn(rf"(?m)^{key}=.*$", f"{key}={value}", text)
+            if count == 0:
+                text += f"{key}={value}\n"
+        (self.path / ".env").write_text(text)
 
     def secret(self, name: str) -> str:
         """A generated secret, e.g. ``flower_password`` (compose mounts it from secrets/)."""
@@ -157,13 +175,46 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def tool(name: str) -> str:
+    """Full path of a command the tests need; a clear failure when it is not installed."""
+    path = shutil.which(name)
+    assert path, f"{name} not on PATH: run .ci/setup (or uv sync for the Python linters)"
+    return path
+
+
+# Private aliases of the stack's base images (.ci/docker-engine.sh makes them): the real image
+# where a registry answers, else a local stand-in. Never the public tags, which a stand-in would
+# shadow for everything else on a shared engine.
+BASE_PREFIX = os.environ.get("BASE_IMAGE_PREFIX", "celery-template-base")
+
+
+def base_image(public: str) -> str:
+    return f"{BASE_PREFIX}/{public}"
+
+
+def point_at_private_bases(project: Path) -> None:
+    """Write compose.override.yaml (read by compose next to compose.yaml): every built service
+    builds FROM the private python image, redis and prometheus services run private images."""
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    services = {}
+    for name, service in compose["services"].items():
+        if "build" in service:
+            python = base_image(f"python:{service['build']['args']['PYTHON_VERSION']}-slim")
+            services[name] = {"build": {"args": {"PYTHON_IMAGE": python}}}
+        elif str(service.get("image", "")).startswith(("redis:", "prom/prometheus:")):
+            services[name] = {"image": base_image(service["image"])}
+    override = "# Test only: private base images (tests/conftest.py).\n"
+    (project / "compose.override.yaml").write_text(
+        override + yaml.safe_dump({"services": services})
+    )
+
+
 def start_stack(output_dir: Path, name: str, **answers: str) -> Stack:
     """Generate, build and start a stack; its compose project name and Flower port are unique
     to this test session, so several sessions can run on one engine."""
     stack = Stack(generate(output_dir, **answers), f"{name}-{os.getpid()}")
-    env_file = stack.path / ".env"
-    text = re.sub(r"(?m)^FLOWER_PORT=.*$", f"FLOWER_PORT={free_port()}", env_file.read_text())
-    env_file.write_text(re.sub(r"(?m)^IMAGE_TAG=.*$", f"IMAGE_TAG={stack.name}", text))
+    stack.set_env(FLOWER_PORT=str(free_port()), IMAGE_TAG=stack.name)
+    point_at_private_bases(stack.path)
     stack.compose("down", "-v", "--remove-orphans", check=False)  # leftovers of an aborted run
     started = time.monotonic()
     stack.compose("build", timeout=1800)
@@ -172,9 +223,24 @@ def start_stack(output_dir: Path, name: str, **answers: str) -> Stack:
     return stack
 
 
+@contextlib.contextmanager
+def running_stack(output_dir: Path, name: str, **answers: str) -> Iterator[Stack]:
+    """start_stack, then always (also after a failed start) down -v and remove its image."""
+    project = f"{name}-{os.getpid()}"
+    try:
+        yield start_stack(output_dir, name, **answers)
+    finally:
+        folder = next((p for p in output_dir.iterdir() if (p / "compose.yaml").exists()), None)
+        if folder is not None:
+            down = ["docker", "compose", "-p", project, "down", "-v", "--remove-orphans"]
+            run([*down, "--timeout", "60"], cwd=folder, check=False, timeout=300)
+            # Not `--rmi local`: the image has a custom tag; `--rmi all` would take the bases.
+            image = f"{folder.name}:{project}"
+            subprocess.run(["docker", "image", "rm", "-f", image], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def compose_stack(require_docker, tmp_path_factory) -> Iterator[Stack]:
     """The default project, built and running; shared by every suite that needs the stack."""
-    stack = start_stack(tmp_path_factory.mktemp("stack"), "e2e-default")
-    yield stack
-    stack.compose("down", "-v", "--timeout", "60", check=False)
+    with running_stack(tmp_path_factory.mktemp("stack"), "e2e-default") as stack:
+        yield stack

@@ -7,9 +7,8 @@ only that every scenario ran every task and reported its figures.
 from __future__ import annotations
 
 import json
-import os
 
-from conftest import generate, run
+from conftest import clean_env, generate, run
 
 # Figures each scenario must report as positive numbers, per row.
 FIGURES = {
@@ -18,6 +17,7 @@ FIGURES = {
     "mixed": ("makespan_s", "bound_s", "x_bound", "io_latency_p50_s", "io_latency_p99_s"),
     "overhead": ("tasks_per_s", "cpu_ms_per_task", "cpu_bound_tasks_per_s"),
     "publish": ("tasks_per_s", "x_plain", "batch"),
+    "exporter": ("tasks_per_s", "pct_of_bound", "exporter_cpu_s", "exporter_cpu_ms_per_task"),
 }
 VARIANTS = {
     "io": {"template io", "untuned gevent", "template io x cores", "prefork c=cores"},
@@ -25,12 +25,13 @@ VARIANTS = {
     "mixed": {"template: cpu prefork + io gevent", "default: one prefork worker"},
     "overhead": {"template io", "untuned gevent", "template cpu", "untuned prefork"},
     "publish": {"plain", "durable", "durable, one batch", "plain, appendfsync always"},
+    "exporter": {"template io + exporter"},
 }
 
 
 def test_bench_smoke_reports_every_scenario(tmp_path):
     project = generate(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "REDIS_URL")}
+    env = clean_env()
     run(["uv", "sync", "--locked", "--quiet", "--group", "bench"], cwd=project, env=env)
     out = tmp_path / "results"
     bench = ["uv", "run", "--locked", "--group", "bench", "python", "-m"]
@@ -50,6 +51,9 @@ def test_bench_smoke_reports_every_scenario(tmp_path):
             for figure in FIGURES[name]:
                 value = row.get(figure)
                 assert isinstance(value, int | float) and value > 0, (name, row["variant"], figure)
+    # The exporter counted every task of its batch from the (buffered) events.
+    (exporter,) = document["results"]["exporter"]
+    assert exporter["exporter_counted"] == exporter["n"]
     measured = [t for t in document["targets"] if t["measured"] is not None]
     assert len(measured) == len(document["targets"]) >= 9
     assert "Targets" in proc.stdout
@@ -57,7 +61,7 @@ def test_bench_smoke_reports_every_scenario(tmp_path):
 
 def test_bench_rejects_an_unknown_scenario(tmp_path):
     project = generate(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env = clean_env()
     cmd = ["uv", "run", "--locked", "python", "-m", "bench"]
     proc = run([*cmd, "--scenarios", "io,speed"], cwd=project, env=env, check=False)
     assert proc.returncode == 2
@@ -70,7 +74,7 @@ def container_ids(stack, kind: str) -> list[str]:
 
 def test_bench_stack_mode_measures_the_running_stacks_workers(compose_stack, tmp_path):
     """--stack: no local workers; the tasks run on the stack's containers, at its concurrency."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "REDIS_URL")}
+    env = clean_env()
     env["COMPOSE_PROJECT_NAME"] = compose_stack.name
     out = tmp_path / "results"
     cmd = [

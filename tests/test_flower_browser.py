@@ -11,15 +11,16 @@ import os
 import re
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE, run, start_stack
+from conftest import TEMPLATE, run, running_stack
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
+
+pytestmark = pytest.mark.docker
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -28,17 +29,10 @@ SCREENSHOT = "docs/flower.png"
 
 @pytest.fixture(scope="module")
 def stack(require_docker, tmp_path_factory):
-    # Not the shared `compose_stack`: test_compose_e2e's last test brings that one down.
-    # start_stack gives this one its own compose project name, image tag and Flower port.
-    name = f"flower-browser-{os.getpid()}"  # what start_stack makes of "flower-browser"
-    out = tmp_path_factory.mktemp("flower")
-    try:
-        yield start_stack(out, "flower-browser")
-    finally:
-        if (out / "task-queue").exists():  # also after a failed start
-            down = ["docker", "compose", "-p", name, "down", "-v", "--remove-orphans"]
-            run(down, cwd=out / "task-queue", check=False, timeout=300)
-        subprocess.run(["docker", "image", "rm", "-f", f"task-queue:{name}"], capture_output=True)
+    # Its own stack (project name, image tag, Flower port), so it does not depend on the order
+    # in which the e2e suite brings the shared `compose_stack` down and up again.
+    with running_stack(tmp_path_factory.mktemp("flower"), "flower-browser") as stack:
+        yield stack
 
 
 @pytest.fixture

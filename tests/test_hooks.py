@@ -131,6 +131,16 @@ def test_write_private_is_owner_only(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [".env"]
 
 
+def test_write_private_replaces_a_world_readable_leftover(tmp_path):
+    # A .env.tmp left by a crash, readable by all: O_CREAT alone would keep its mode.
+    leftover = tmp_path / ".env.tmp"
+    leftover.write_text("old")
+    leftover.chmod(0o644)
+    post.write_private(tmp_path / ".env", "A=1\n")
+    assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+    assert (tmp_path / ".env").read_text() == "A=1\n"
+
+
 def test_remove_unchosen(tmp_path):
     (tmp_path / ".github" / "workflows").mkdir(parents=True)
     assert post.remove_unchosen(tmp_path, {"github_actions": "no"}) == [".github"]

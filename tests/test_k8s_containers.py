@@ -25,7 +25,7 @@ from k8s import container, docker_run_args, named, pod_spec, render, workloads
 
 pytestmark = [pytest.mark.k8s, pytest.mark.docker]
 
-APP = ("demo-api", "worker-cpu", "worker-io", "flower")
+APP = ("demo-api", "worker-cpu", "worker-io", "beat", "flower")
 PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
 # /proc of a container as {pid: (ppid, state, command)}: the image ships no ps.
 PROCS = (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tomllib
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import generate, run
+from conftest import clean_env, generate, run
 
 MAKE_TARGETS = {
     "up": "docker compose up -d --build --wait",
@@ -31,11 +30,6 @@ MAKE_TARGETS = {
     "swarm-rollback": "docker service rollback --detach=false task-queue_",
     "swarm-remove": "docker stack rm task-queue",
 }
-
-
-def clean_env() -> dict[str, str]:
-    # The template's own virtualenv must not leak into the generated project's uv.
-    return {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "TEST_REDIS_URL")}
 
 
 def actionlint(project: Path) -> str:
@@ -68,11 +62,11 @@ def test_actionlint_catches_a_broken_workflow(tmp_path):
     project = generate(tmp_path)
     workflow = project / ".github/workflows/ci.yml"
     workflow.write_text(
-        workflow.read_text().replace("job.services.redis.id", "job.services.redis.name")
+        workflow.read_text().replace("job.services.redis.ports", "job.services.redis.port")
     )
     proc = actionlint(project)
     assert proc.returncode == 1
-    assert 'property "name" is not defined' in proc.stdout
+    assert 'property "port" is not defined' in proc.stdout
 
 
 def test_workflow_lints_tests_with_redis_service_and_builds_image(default_project):
@@ -83,8 +77,8 @@ def test_workflow_lints_tests_with_redis_service_and_builds_image(default_projec
     assert "make lint" in lint_steps and "pre-commit run --all-files" in lint_steps
     test_job = jobs["test"]
     assert test_job["services"]["redis"]["image"] == "redis:8"
-    assert test_job["env"]["TEST_REDIS_URL"].startswith("redis://:")
-    assert any(step.get("run", "").startswith("make test") for step in test_job["steps"])
+    (tests,) = [s for s in test_job["steps"] if s.get("run", "").startswith("make test")]
+    assert tests["env"]["TEST_REDIS_URL"].startswith("redis://:")
     build = next(
         s for s in jobs["image"]["steps"] if s.get("uses", "").startswith("docker/build-push")
     )

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench import procs
 
-NAMES = ("io", "memory", "mixed", "overhead", "publish")
+NAMES = ("io", "memory", "mixed", "overhead", "publish", "exporter")
 PROJECT = Path(__file__).resolve().parents[1]
 
 

@@ -60,11 +60,21 @@ def start_redis(workdir: Path, *options: str) -> tuple[subprocess.Popen, str]:
     if server is None:
         raise SystemExit("redis-server not found: install it (apt-get install redis-server)")
     port, password = free_port(), secrets.token_urlsafe(24)
-    # The password goes through stdin-free config on the command line of a loopback-only server.
-    argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    argv += ["--requirepass", password, "--dir", str(workdir), *options]  # last value wins
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    wait_until(lambda: port_open(port), 10, "redis-server")
+    # Config on stdin: the password is on no command line (`ps` shows those to every user);
+    # ``options`` after it win.
+    config = f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndir "{workdir}"\n'
+    proc = subprocess.Popen(
+        [server, "-", *options], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    proc.stdin.write(config + f"requirepass {password}\n")
+    proc.stdin.close()
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited ({proc.returncode}): port {port} taken?")
+        return port_open(port)
+
+    wait_until(up, 10, "redis-server")
     return proc, f"redis://:{password}@127.0.0.1:{port}/0"
 
 

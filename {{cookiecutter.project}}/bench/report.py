@@ -73,6 +73,17 @@ COLUMNS = {
         ("I/O p50 s", "io_latency_p50_s"),
         ("I/O p99 s", "io_latency_p99_s"),
     ],
+    "exporter": [
+        ("L s", "latency_s"),
+        ("variant", "variant"),
+        ("n", "n"),
+        ("ok", "succeeded"),
+        ("% of bound", "pct_of_bound"),
+        ("worker CPU ms/task", "cpu_ms_per_task"),
+        ("exporter CPU s", "exporter_cpu_s"),
+        ("exporter CPU ms/task", "exporter_cpu_ms_per_task"),
+        ("exporter counted", "exporter_counted"),
+    ],
 }
 TITLES = {
     "io": "1. I/O throughput (bound: N*L/C, i.e. C/L tasks/s)",
@@ -81,6 +92,7 @@ TITLES = {
     "overhead": "4. Per-task overhead, no-op tasks (bound: usable cores / CPU per task)",
     "publish": "5. Durable publishing: publish rate with and without the WAITAOF wait (median)",
     "stack": "The running stack's own workers (bound: its io slots / L)",
+    "exporter": "6. Metrics exporter's own CPU, consuming the events of the io batch",
 }
 
 
@@ -207,10 +219,18 @@ def _publish_panel(ax, rows):
     ax.set_yscale("log")
 
 
+def _exporter_panel(ax, rows):
+    labels = ["worker", "exporter"]
+    for row in rows:
+        values = [row.get("cpu_ms_per_task"), row.get("exporter_cpu_ms_per_task")]
+        _bars(ax, labels, values, "CPU ms per task", TITLES["exporter"])
+
+
 PANELS = {
     "io": _io_panel,
     "memory": _memory_panel,
     "mixed": _mixed_panel,
     "overhead": _overhead_panel,
     "publish": _publish_panel,
+    "exporter": _exporter_panel,
 }

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import urllib.request
 from dataclasses import dataclass
 
 from {{ cookiecutter.package }}.celery_app import CPU_QUEUE, IO_QUEUE
 from {{ cookiecutter.package }}.producer import Job
 from {{ cookiecutter.package }}.tasks import cpu, io
 
+from bench import procs
 from bench.commands import (
     tuned_argv,
     untuned_argv,
@@ -331,10 +335,57 @@ def _overhead_row(bench: Bench, sizes: Sizes, variant: str, events: bool) -> dic
     return {"variant": variant, "events": events, "cpu_bound_tasks_per_s": ceiling, **result}
 
 
+# --- 5. the metrics exporter's own CPU ---------------------------------------------------
+
+
+def exporter(bench: Bench, sizes: Sizes) -> list[dict]:
+    """The io batch of scenario 1 (events on) with the exporter (metrics.py) consuming its events."""
+    port = procs.free_port()
+    module = "{{ cookiecutter.package }}.metrics"
+    argv = [sys.executable, "-m", module, "--port", str(port)]
+    env = bench.env(TASK_EVENTS=True)
+    with (bench.logdir / "exporter.log").open("w") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        procs.wait_until(lambda: procs.port_open(port), 90, "exporter")
+        before = procs.cpu_seconds(proc.pid)
+        row = _io_row(bench, sizes, sizes.io_latency, True, "template io")
+        cpu = procs.cpu_seconds(proc.pid) - before
+        counted = _succeeded_counted(port)
+    finally:
+        procs.stop(proc)
+    return [
+        {
+            **row,
+            "variant": "template io + exporter",
+            "exporter_cpu_s": round(cpu, 3),
+            "exporter_cpu_ms_per_task": round(1000 * cpu / max(1, row["n"]), 3),
+            # Its own count of the batch, from the buffered events: equal to n when none is lost.
+            "exporter_counted": counted,
+        }
+    ]
+
+
+def _succeeded_counted(port: int) -> int:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return round(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "celery_tasks_total" and sample.labels.get("state") == "succeeded"
+        )
+    )
+
+
 SCENARIOS = {
     "io": io_throughput,
     "memory": memory,
     "mixed": mixed,
     "overhead": overhead,
     "publish": publish_cost,
+    "exporter": exporter,
 }

@@ -33,7 +33,44 @@ def evaluate(results: dict, sizes) -> list[dict]:
         out += _memory_targets(results.get("memory", []), events)
         out += _mixed_targets(results.get("mixed", []), events)
         out += _overhead_targets(results.get("overhead", []), events)
+    if True in sizes.events:
+        out += _events_targets(results, sizes)
     return out
+
+
+def _events_targets(results: dict, sizes) -> list[dict]:
+    """Task events left on (as Flower needs them) must cost little: buffered under gevent."""
+    io, noop = results.get("io", []), results.get("overhead", [])
+    near = {
+        events: _find(io, variant="template io", latency_s=sizes.io_latency, events=events)
+        for events in (False, True)
+    }
+    pct = near[True].get("pct_of_bound")
+    ratio = _ratio(near[True].get("tasks_per_s"), near[False].get("tasks_per_s"))
+    cpu = _find(noop, variant="template io", events=True).get("cpu_ms_per_task")
+    rows = []
+    if io:
+        rows += [
+            _target(
+                f"events on, io L={sizes.io_latency:g}s: % of bound",
+                True,
+                pct,
+                ">= 75",
+                _at_least(pct, 75),
+            ),
+            _target(
+                f"events on / off, io L={sizes.io_latency:g}s: tasks/s",
+                True,
+                ratio,
+                ">= 0.9",
+                _at_least(ratio, 0.9),
+            ),
+        ]
+    if noop:
+        rows.append(
+            _target("events on, no-op: io CPU ms/task", True, cpu, "<= 2.0", _at_most(cpu, 2.0))
+        )
+    return rows
 
 
 def _io_targets(rows: list[dict], sizes, events: bool) -> list[dict]:

@@ -1,7 +1,8 @@
 """Real processes for the integration tests: redis-server, the demo API and both workers.
 
 The workers are started with ``python -m {{ cookiecutter.package }}.worker cpu|io``, the same
-command compose runs. Set TEST_REDIS_URL to use a Redis you already run (e.g. a CI service).
+command compose runs. Set TEST_REDIS_URL to use a Redis you already run (e.g. a CI service) for
+the shared one; tests that stop and restart Redis always start a redis-server of their own.
 """
 
 from __future__ import annotations
@@ -9,91 +10,77 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+import redis
+
+from {{ cookiecutter.package }}.settings import Settings
+
+from bench.procs import free_port, start_demo_api, stop, wait_until
 
 # Unit tests import the app, which reads settings at import: give them a syntactically
 # valid URL that nothing listens on. Integration fixtures set the real one.
 os.environ.setdefault("REDIS_URL", "redis://:unit-tests@127.0.0.1:9/0")
 
-# Test defaults: nothing from the caller's environment leaks into the stack under test.
-STACK_VARS = (
-    "REDIS_URL",
-    "REDIS_PASSWORD",
-    "SECRETS_DIR",
-    "CPU_POOL",
-    "IO_POOL",
-    "CPU_CONCURRENCY",
-    "IO_CONCURRENCY",
-    "TASK_EVENTS",
-    "DEMO_API_URL",
-    "HEARTBEAT_FILE",
-    "LOG_LEVEL",
-    "TASK_TIME_LIMIT",
-    "VISIBILITY_TIMEOUT",
-    "IO_MAX_RETRIES",
-    "RETRY_BACKOFF_BASE",
-)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not ready within {timeout:g} s")
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+# Every variable the settings read (and where they read secret files from): none leaks from
+# the caller's shell into the stack under test.
+STACK_VARS = frozenset(name.upper() for name in Settings.model_fields) | {"SECRETS_DIR"}
 
 
 class RedisServer:
-    """A redis-server that can be stopped and started again on the same port."""
+    """A redis-server that can be stopped and started again on the same port.
+
+    Its config, password included, goes in on stdin: nothing secret on a command line (`ps`).
+    Ready means it answers PING with this password, so a foreign server that took the port
+    in between is never mistaken for it.
+    """
 
     def __init__(self, workdir: Path, appendonly: bool = False):
-        server = shutil.which("redis-server")
-        if server is None:
+        self.server = shutil.which("redis-server")
+        if self.server is None:
             pytest.fail(
-                "redis-server not found: install it (apt-get install redis-server) "
-                "or set TEST_REDIS_URL"
+                "redis-server not found: install it (apt-get install redis-server); "
+                "TEST_REDIS_URL stands in for the shared Redis only, not for the tests "
+                "that stop and restart a Redis of their own"
             )
         self.port, password = free_port(), secrets.token_urlsafe(24)
-        self.cmd = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "yes" if appendonly else "no", "--requirepass", password, "--dir", str(workdir)]  # fmt: skip
+        self.config = (
+            f'port {self.port}\nbind 127.0.0.1\nsave ""\n'
+            f"appendonly {'yes' if appendonly else 'no'}\n"
+            f'requirepass {password}\ndir "{workdir}"\n'
+        )
         self.url = f"redis://:{password}@127.0.0.1:{self.port}/0"
+        self.options: list[str] = []  # command-line options, e.g. --appendfsync always: they win
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL)
-        wait_until(lambda: port_open(self.port), 10, "redis-server")
+        self.proc = subprocess.Popen(
+            [self.server, "-", *self.options],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        self.proc.stdin.write(self.config)
+        self.proc.stdin.close()  # redis-server reads its config up to end of input
+        try:
+            wait_until(self.answers, 10, "redis-server")
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited ({self.proc.returncode}): port taken?")
+        try:
+            return redis.Redis.from_url(self.url, socket_timeout=1).ping()
+        except redis.RedisError:
+            return False
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -120,19 +107,8 @@ def private_redis(tmp_path) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="session")
 def demo_api_url() -> Iterator[str]:
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "{{ cookiecutter.package }}.demo_api",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    proc = subprocess.Popen(cmd)
-    wait_until(lambda: port_open(port), 15, "demo API")
-    yield f"http://127.0.0.1:{port}"
+    proc, url = start_demo_api("{{ cookiecutter.package }}")
+    yield url
     stop(proc)
 
 
@@ -185,14 +161,16 @@ class Worker:
 @pytest.fixture(scope="session")
 def workers(stack_env, tmp_path_factory) -> Iterator[dict[str, Worker]]:
     logdir = tmp_path_factory.mktemp("workers")
-    started = {kind: Worker(kind, stack_env, logdir) for kind in ("cpu", "io")}
+    started: dict[str, Worker] = {}
     try:
+        for kind in ("cpu", "io"):
+            started[kind] = Worker(kind, stack_env, logdir)
         for worker in started.values():
-            wait_until(worker.ready, 60, f"worker {worker.kind}")
+            # Generous: a worker starts in seconds, but a loaded CI machine can take a minute or more.
+            wait_until(worker.ready, 180, f"worker {worker.kind}")
         yield started
     finally:
-        for worker in started.values():
-            stop(worker.proc)
+        stop(*(worker.proc for worker in started.values()))
 
 
 @pytest.fixture(scope="session")

@@ -76,17 +76,31 @@ def test_timings_come_from_the_tasks_own_stamps():
     assert (timings["n"], timings["succeeded"], timings["errors"]) == (3, 2, ["no result"])
 
 
+# A parent that runs a CPU-bound child to the end, reaps it, reports the child's CPU time from
+# its own rusage, and waits: its tree is then the parent alone, apart from pytest's processes.
+PARENT = """
+import resource, subprocess, sys
+subprocess.run([sys.executable, "-c", "sum(range(10**8))"], check=True)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(usage.ru_utime + usage.ru_stime, flush=True)
+sys.stdin.read()
+"""
+
+
 def test_cpu_and_pss_of_a_process_tree():
-    child = subprocess.Popen([sys.executable, "-c", "sum(range(10**8))"])
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
-        assert child.pid in procs.process_tree(os.getpid())
-        assert procs.pss_mib(os.getpid()) > 1
-        before = procs.cpu_seconds(os.getpid())
-        child.wait(60)
+        assert parent.pid in procs.process_tree(os.getpid())
+        assert procs.pss_mib(parent.pid) > 1
+        child_cpu = float(parent.stdout.readline())
+        assert child_cpu > 0.2
+        # The reaped child's CPU counts for its parent, all of it (to /proc's 10 ms ticks).
+        assert procs.cpu_seconds(parent.pid) >= child_cpu - 0.02
     finally:
-        child.kill()
-    # The finished child's CPU now counts for its parent (reaped children included).
-    assert procs.cpu_seconds(os.getpid()) - before > 0.2
+        parent.kill()
+        parent.wait()
 
 
 @pytest.mark.parametrize("arg", ["--scenarios=nope", "--scenarios=,"])

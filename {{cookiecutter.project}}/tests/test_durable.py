@@ -55,7 +55,7 @@ def start_new_redis(tmp_path, *args: str):
     """A Redis with WAITAOF: redis-server on PATH if 7.2+, else the compose image in Docker."""
     if (local_version() or (0, 0)) >= WAITAOF_SINCE:
         server = RedisServer(tmp_path)
-        server.cmd += args  # the last value of an option wins
+        server.options += args  # after the stdin config: they win
         server.start()
     elif shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:  # fmt: skip
         server = RedisContainer("--save", "", *args)

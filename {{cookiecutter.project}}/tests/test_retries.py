@@ -107,7 +107,7 @@ def test_flaky_endpoint_succeeds_after_exactly_k_retries_with_growing_waits(
     assert len(chosen) == 3
     for retries, (wait, gap) in enumerate(zip(chosen, gaps(calls), strict=True)):
         assert BASE * 2**retries / 2 <= wait <= BASE * 2**retries  # doubling bounds
-        assert gap >= wait - 0.05  # never earlier than chosen
+        assert gap >= 0.9 * wait  # not sooner (the worker's timer may fire a few ms early)
     assert chosen[0] <= chosen[1] <= chosen[2]
 
 

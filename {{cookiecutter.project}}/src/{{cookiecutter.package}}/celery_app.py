@@ -11,6 +11,7 @@ from celery import Celery, bootsteps, signals
 from celery.concurrency import get_implementation
 from kombu import Exchange, Queue
 
+from {{ cookiecutter.package }}.events import BufferedTaskEvents
 from {{ cookiecutter.package }}.health import touch
 from {{ cookiecutter.package }}.settings import get_settings
 
@@ -84,7 +85,9 @@ def make_app() -> Celery:
         result_expires=settings.result_expires,
         result_extended=False,
         worker_send_task_events=settings.task_events,
-        task_send_sent_event=False,
+        # The producer's task-sent event carries the queue and the time sent: the exporter's
+        # metrics by queue and time waiting in the queue need it (metrics.py).
+        task_send_sent_event=settings.task_events,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             # Redis re-delivers a task not acked within this time: keep it above the longest task.
@@ -126,6 +129,8 @@ def make_app() -> Celery:
         worker_redirect_stdouts_level="INFO",
     )
     app.steps["worker"].add(Heartbeat)
+    # Task events in batches under gevent too (see events.py).
+    app.steps["consumer"].add(BufferedTaskEvents)
     return app
 
 

@@ -277,7 +277,7 @@ def _count(text: str) -> int:
     return value
 
 
-def _exit_unpublished(jobs: list[Job], exc: BaseException) -> NoReturn:
+def _exit_unpublished(jobs: list[Job], exc: BaseException, as_json: bool) -> NoReturn:
     sent = sum(1 for job in jobs if job.result is not None)
     reason = " ".join(str(exc).split())
     print(
@@ -285,6 +285,9 @@ def _exit_unpublished(jobs: list[Job], exc: BaseException) -> NoReturn:
         file=sys.stderr,
         flush=True,
     )
+    if as_json:  # which ones: a caller can check them or resubmit the rest
+        sent_ids = [job.result.id for job in jobs if job.result is not None]
+        print(json.dumps({"ok": False, "sent_ids": sent_ids, "unsent": len(jobs) - sent}))
     # Exit now: Celery's exit-time cleanup would try to reach the dead Redis again and
     # hung the process (measured); nothing is left to flush, the sent tasks are in Redis.
     sys.stdout.flush()
@@ -310,11 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except (OperationalError, RedisConnectionError) as exc:  # publish retries used up
-        _exit_unpublished(jobs, exc)
+        _exit_unpublished(jobs, exc, args.json)
     except RuntimeError as exc:
         if str(exc) != E_RETRY_LIMIT_EXCEEDED:
             raise
-        _exit_unpublished(jobs, exc.__cause__ or exc)  # the result backend's reconnects ran out
+        # The result backend's reconnects ran out.
+        _exit_unpublished(jobs, exc.__cause__ or exc, args.json)
     if args.json:
         wait(jobs, args.timeout)  # stdout and stderr stay free of progress output
     else:

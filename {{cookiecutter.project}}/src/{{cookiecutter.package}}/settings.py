@@ -49,6 +49,7 @@ ACCEPTED = {
     "cpu_prefetch_multiplier": "an integer from 1 to 64",
     "io_prefetch_multiplier": "an integer from 2 to 64",
     "task_events": "true or false",
+    "task_events_flush_interval": "seconds, a number above 0 and up to 60",
     "task_time_limit": "seconds, an integer from 1 to 86400",
     "visibility_timeout": "seconds, an integer from 60 to 604800, above TASK_TIME_LIMIT",
     "result_expires": "seconds, an integer from 60 to 604800",
@@ -88,6 +89,8 @@ class Settings(BaseSettings):
     # gevent drains its queue with a 2 s timeout; a multiplier of 1 starves it.
     io_prefetch_multiplier: int = Field(4, ge=2, le=64)
     task_events: bool = True
+    # gevent worker: task events go out in batches at least this often (events.py).
+    task_events_flush_interval: float = Field(0.5, gt=0, le=60)
     task_time_limit: int = Field(300, ge=1, le=86400)
     # A task of a worker killed outright (OOM, SIGKILL) comes back after this long: above the
     # longest a message may sit reserved plus run, shorter means faster recovery.
