@@ -30,17 +30,22 @@ def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def always_on(services: dict) -> dict:
+    """The services compose starts by default (profiled ones, e.g. the producer, are opt-in)."""
+    return {n: s for n, s in services.items() if not s.get("profiles")}
+
+
 def variables(path: Path) -> set[str]:
     """Variables the long-running services read (anchors resolved; compose's one-shot
     producer is not part of the stack)."""
-    services = {n: s for n, s in load(path)["services"].items() if n != "producer"}
+    services = always_on(load(path)["services"])
     return set(re.findall(r"\$\{([A-Z_]+)", yaml.safe_dump(services)))
 
 
 def test_stack_runs_what_compose_runs(project):
-    compose = load(project / "compose.yaml")["services"]
+    compose = always_on(load(project / "compose.yaml")["services"])
     stack = load(project / "deploy" / "swarm" / "stack.yaml")["services"]
-    assert set(stack) == set(compose) - {"producer"}
+    assert set(stack) == set(compose)
     for name, service in stack.items():
         for key in SAME:
             assert service.get(key) == compose[name].get(key), f"{name}.{key} differs"
