@@ -124,6 +124,7 @@ def test_generated_ci_test_job_passes_in_a_clean_container(require_docker, tmp_p
         summary = output.strip().splitlines()[-1]
         print(f"\nCI test job replayed: {summary}")
         assert re.search(r"\d+ passed", summary), summary
-        assert not re.search(r"failed|error|skipped", summary), summary
+        # A skip is allowed: a test of old-Redis behaviour skips where Redis is new (-ra says why).
+        assert not re.search(r"failed|error", summary), summary
     finally:
         replay.remove()

@@ -30,6 +30,14 @@ def test_defaults_are_the_generated_choices():
     assert s.broker_url == GOOD_URL
 
 
+def test_defaults_fit_the_shortest_visibility_timeout(clean_env):
+    # Every other knob left at its default must be valid beside VISIBILITY_TIMEOUT's minimum.
+    minimum = Settings.model_fields["visibility_timeout"].metadata[0].ge
+    clean_env.setenv("VISIBILITY_TIMEOUT", str(minimum))
+    clean_env.setenv("TASK_TIME_LIMIT", "30")
+    assert Settings().visibility_timeout == minimum
+
+
 def test_values_from_env_are_typed(clean_env):
     clean_env.setenv("IO_CONCURRENCY", "750")
     clean_env.setenv("CPU_CONCURRENCY", "3")

@@ -110,7 +110,8 @@ class Settings(BaseSettings):
     # Transient I/O failures: retried this often, waits doubling from the base up to the max.
     io_max_retries: int = Field(5, ge=0, le=50)
     retry_backoff_base: float = Field(1.0, ge=0.01, le=60)
-    retry_backoff_max: float = Field(60.0, ge=0.01, le=3600)
+    # 30 s: below the shortest VISIBILITY_TIMEOUT accepted (60), so the default always fits.
+    retry_backoff_max: float = Field(30.0, ge=0.01, le=3600)
     # Opt-in: the producer returns only once Redis has fsynced what it published (WAITAOF,
     # Redis 7.2+); otherwise a machine crash can lose the last ~1 s of sent tasks. See durable.py.
     durable_publish: bool = False
