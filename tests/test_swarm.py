@@ -103,6 +103,17 @@ class Swarm:
             found.append({"node": node, "cid": cid, "host": cid[:12]})
         return found
 
+    def wait_rescheduled(self, service: str, dead: str, replicas: int, timeout: float = 300):
+        """Until Swarm marks ``dead`` down and runs every replica of ``service`` elsewhere."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.docker("node", "inspect", "-f", "{{.Status.State}}", dead).stdout.strip()
+            nodes = [t["node"] for t in self.tasks(service)] if state == "down" else []
+            if len(nodes) == replicas and dead not in nodes:
+                return sorted(nodes)
+            time.sleep(2)
+        raise AssertionError(f"{service} not rescheduled off {dead} in {timeout:.0f} s")
+
     def node_of(self, node_name: str) -> int:
         return int(node_name.rsplit("-", 1)[1])
 
@@ -341,19 +352,23 @@ def test_losing_a_worker_node_loses_no_task(swarm):
     victim = next(t["node"] for t in sorted(io_tasks, key=lambda t: t["node"])
                   if t["node"] != f"{swarm.name}-1")  # fmt: skip
     on_victim = sum(1 for t in io_tasks if t["node"] == victim)
-    n, delay = 3000, 2.0
+    # 10 s calls: the io slots stay busy and most of the batch queued well past the kill.
+    n, delay = 3000, 10.0
     sent = swarm.tool_run("submit", "nodeloss", "io.wait_on_api", str(n), f"[{delay}]")
-    time.sleep(4)  # mid-batch: both io replicas are busy, most of the batch still queued
+    state = swarm.tool_run("wait", "none", "0", "0")
     killed = time.monotonic()
     run(["docker", "kill", victim], cwd=None)
-    print(f"\n[swarm] killed node {victim} (it ran {on_victim} worker-io); before: "
-          f"{sorted(t['node'] for t in io_tasks)}")  # fmt: skip
+    print(f"\n[swarm] killed node {victim} (it ran {on_victim} worker-io) with queued "
+          f"{state['queued']}, taken {state['unacked']}; before: {sorted(t['node'] for t in io_tasks)}")  # fmt: skip
+    assert state["queued"]["io"] > 0, "the batch was over before the kill"
+    moved = swarm.wait_rescheduled("worker-io", victim, int(KNOBS["IO_REPLICAS"]))
+    print(f"[swarm] {victim} down, worker-io rescheduled to {moved} "
+          f"{time.monotonic() - killed:.1f} s after the kill")  # fmt: skip
     # Its tasks come back after one visibility timeout; then the work at half the slots, thrice.
     slots = int(KNOBS["IO_CONCURRENCY"])
     timeout = float(KNOBS["VISIBILITY_TIMEOUT"]) + 3 * n * delay / slots + 120
     rows = swarm.report("node loss", {"nodeloss": ("worker-io", sent["sent"])}, timeout, False)
-    print(f"[swarm] every task completed {time.monotonic() - killed:.1f} s after the kill; "
-          f"worker-io now on {[t['node'] for t in swarm.tasks('worker-io')]}")  # fmt: skip
+    print(f"[swarm] every task completed {time.monotonic() - killed:.1f} s after the kill")
     # Only tasks the dead node had taken (its slots times the prefetch) can run twice.
     held = on_victim * int(KNOBS["IO_CONCURRENCY"]) * IO_PREFETCH
     assert rows["nodeloss"]["twice"] <= held
