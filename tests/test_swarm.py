@@ -310,8 +310,10 @@ def test_scaled_replicas_each_take_work(swarm):
 
 def test_rolling_update_of_both_workers_loses_nothing(swarm):
     # A short CPU task, timed on the worker, sizes the cpu batch's wait; the I/O batch keeps
-    # >= 2,000 tasks queued or running through the update.
-    cpu_n, cpu_args, io_n, io_delay = 150, "[100000]", 3000, 10.0
+    # >= 2,000 tasks queued or running through the update: its slots drain 20 tasks/s while a
+    # busy machine submits (10 s calls drained 3,000 to 1,619 before the update; 20 s stays
+    # under TASK_TIME_LIMIT and IO_STOP_GRACE_PERIOD).
+    cpu_n, cpu_args, io_n, io_delay = 150, "[100000]", 4000, 20.0
     swarm.tool_run("submit", "calib", "cpu.count_primes", "5", cpu_args)
     swarm.tool_run("wait", "calib", "5", "300")
     per_task = swarm.task_seconds("calib", 5)
