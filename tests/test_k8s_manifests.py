@@ -261,7 +261,9 @@ def test_scaled_objects_follow_each_workers_queue(rendered):
             lists = [t["metadata"]["listName"] for t in spec["triggers"]]
             assert lists == TRIGGER_LISTS[name](queue)
             for trigger in spec["triggers"]:
-                assert trigger["type"] == "redis" and trigger["authenticationRef"]["name"] == "redis"
+                assert (
+                    trigger["type"] == "redis" and trigger["authenticationRef"]["name"] == "redis"
+                )
                 assert trigger["metadata"]["address"] == redis_url.netloc
                 assert (trigger["metadata"].get("enableTLS") == "true") == (
                     redis_url.scheme == "rediss"
