@@ -34,7 +34,7 @@ EXPECTED = {
     },
     "alt": {"cpu_pool": "solo", "io_pool": "threads", "io_concurrency": 300, "python": "3.11"},
 }
-PYTHON_SERVICES = ("demo-api", "worker-cpu", "worker-io", "flower")
+PYTHON_SERVICES = ("demo-api", "worker-cpu", "worker-io", "flower", "beat")
 SERVICES = ("redis", *PYTHON_SERVICES)
 
 
@@ -126,8 +126,8 @@ def test_redis_refuses_commands_without_the_password(stack):
 def test_secrets_are_in_no_environment_or_command_line(stack):
     _, s = stack
     secrets = [s.secret("redis_password"), s.secret("flower_password")]
+    assert {svc["Service"] for svc in s.services()} == set(SERVICES)
     ids = s.compose("ps", "-q").stdout.split()
-    assert len(ids) == len(SERVICES)
     inspect = run(["docker", "inspect", *ids], cwd=s.path).stdout
     assert "/run/secrets/redis_password" in inspect  # mounted, as file secrets are
     for service in SERVICES:
@@ -159,6 +159,7 @@ def test_only_flower_is_published_on_loopback(stack):
         "worker-cpu": [],
         "worker-io": [],
         "flower": [("127.0.0.1", int(s.env["FLOWER_PORT"]))],
+        "beat": [],
     }
 
 
