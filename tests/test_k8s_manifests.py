@@ -31,6 +31,11 @@ K8S_VERSIONS = ("1.30.0", "1.33.0", "1.37.0")
 KEDA_CHECK = Path(__file__).parent / "keda" / "validate.mjs"
 ALT_ANSWERS = {"project_name": "Beta Jobs", "cpu_pool": "solo", "io_pool": "threads", "io_concurrency": "300"}  # fmt: skip
 WORKERS = {"worker-cpu": "cpu", "worker-io": "io"}
+# The Redis keys each ScaledObject reads, from its worker's queue.
+TRIGGER_LISTS = {
+    "worker-cpu": lambda queue: [queue],
+    "worker-io": lambda queue: [queue, f"{queue}.taken", "unacked"],
+}
 REDIS_CLIENTS = {"worker-cpu", "worker-io", "beat", "flower", "producer"}
 
 
@@ -250,20 +255,37 @@ def test_scaled_objects_follow_each_workers_queue(rendered):
         for name, scaled in named(objects, "ScaledObject").items():
             spec = scaled["spec"]
             assert spec["scaleTargetRef"]["name"] == name and name in workloads(objects)
-            (trigger,) = spec["triggers"]
-            assert trigger["type"] == "redis" and trigger["authenticationRef"]["name"] == "redis"
             # The worker's command names its kind; the worker consumes the queue of that name.
-            assert (
-                trigger["metadata"]["listName"] == container(workloads(objects)[name])["args"][-1]
-            )
-            assert trigger["metadata"]["listName"] == WORKERS[name]
-            assert trigger["metadata"]["address"] == redis_url.netloc
-            assert (trigger["metadata"].get("enableTLS") == "true") == (
-                redis_url.scheme == "rediss"
-            )
+            queue = container(workloads(objects)[name])["args"][-1]
+            assert queue == WORKERS[name]
+            lists = [t["metadata"]["listName"] for t in spec["triggers"]]
+            assert lists == TRIGGER_LISTS[name](queue)
+            for trigger in spec["triggers"]:
+                assert (
+                    trigger["type"] == "redis" and trigger["authenticationRef"]["name"] == "redis"
+                )
+                assert trigger["metadata"]["address"] == redis_url.netloc
+                assert (trigger["metadata"].get("enableTLS") == "true") == (
+                    redis_url.scheme == "rediss"
+                )
             assert (
                 spec["minReplicaCount"] >= 1 and spec["maxReplicaCount"] > spec["minReplicaCount"]
             )
+
+
+def test_io_scaling_counts_the_tasks_its_pods_hold(project, rendered):
+    io_concurrency = "300" if "beta" in project.name else "200"
+    for variant in ("overlays/production", "overlays/managed-redis"):
+        spec = named(rendered[variant], "ScaledObject")["worker-io"]["spec"]
+        modifiers = spec["advanced"]["scalingModifiers"]
+        names = {t["name"]: t["metadata"]["listName"] for t in spec["triggers"]}
+        # waiting + being taken + taken (kombu's hash, both queues): never fewer than io holds.
+        assert names == {"queue": "io", "taken": "io.taken", "unacked": "unacked"}
+        assert modifiers["formula"].replace(" ", "") == "queue+taken+unacked"
+        assert modifiers["target"] == io_concurrency and modifiers["metricType"] == "AverageValue"
+        # The shared hash also holds io's tasks: on cpu it would scale with io's load.
+        cpu = named(rendered[variant], "ScaledObject")["worker-cpu"]["spec"]
+        assert [t["metadata"]["listName"] for t in cpu["triggers"]] == ["cpu"]
 
 
 def test_every_referenced_secret_and_config_exists(rendered):

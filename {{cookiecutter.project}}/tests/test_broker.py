@@ -117,6 +117,19 @@ def test_taken_then_recorded_in_one_transaction(private_redis):
     assert client.hlen("unacked") == 0
 
 
+@pytest.mark.parametrize("requeue", [True, False])
+def test_reject_settles_on_a_live_channel(private_redis, requeue):
+    """kombu's Message.reject passes requeue by keyword (a killed prefork child's task)."""
+    queue = Queue("rej", Exchange("rej"), routing_key="rej")
+    client = redis.Redis.from_url(private_redis.url)
+    with connect(private_redis.url) as conn:
+        publish(conn, queue, {"n": 1})
+        (message,) = consume(conn, queue)
+        message.reject(requeue=requeue)
+    assert client.hlen("unacked") == 0
+    assert client.llen("rej") == int(requeue)
+
+
 def test_redis_restart_between_take_and_record(private_redis):
     """The gap that lost 1 of 2,000 tasks in kombu's transport, on the worker's own path."""
     queue = Queue("gap2", Exchange("gap2"), routing_key="gap2")

@@ -36,6 +36,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from queue import Empty
 from typing import NamedTuple
 
@@ -285,15 +287,15 @@ class QoS(kombu_redis.QoS):
             )
 
     def ack(self, delivery_tag):
-        self._or_defer(delivery_tag, False, super().ack, delivery_tag)
+        self._or_defer(delivery_tag, False, partial(super().ack, delivery_tag))
 
     def reject(self, delivery_tag, requeue=False):
-        self._or_defer(delivery_tag, requeue, super().reject, delivery_tag, requeue=requeue)
+        self._or_defer(delivery_tag, requeue, partial(super().reject, delivery_tag, requeue))
 
-    def _or_defer(self, delivery_tag: str, requeue: bool, settle, *args, **kwargs) -> None:
+    def _or_defer(self, delivery_tag: str, requeue: bool, settle: Callable[[], None]) -> None:
         if not self._closed():
             try:
-                return settle(*args, **kwargs)
+                return settle()
             except self.channel.connection_errors as exc:
                 logger.warning("task settled once Redis answers (%s)", said(exc))
         STATE.defer(delivery_tag, requeue)
