@@ -207,7 +207,7 @@ class Swarm:
 
 @pytest.fixture(scope="module")
 def swarm(require_docker, tmp_path_factory):
-    name = f"swarm-secrets-swarm-{os.getpid()}"
+    name = f"swarm-{os.getpid()}"
     sockdir = Path(f"/tmp/{name}")
     s = Swarm(generate(tmp_path_factory.mktemp("swarm")), name, sockdir)
     # Swarm reads no .env; `make swarm-*` exports it, so the test's knobs go there.
