@@ -24,28 +24,6 @@ TEMPLATE = Path(__file__).resolve().parents[1]
 
 DEFAULT_PACKAGE = "task_queue"
 
-# pytest-xdist (`-n`, `--dist loadfile` in pyproject.toml) runs each file on one worker (its
-# module-scoped stack is built once) and hands files out in collection order to whichever
-# worker is free: the longest first keeps the run's tail short. Minutes measured alone on a
-# 2-core machine; the other files follow in their usual order.
-LONGEST_FIRST = (
-    "test_faults.py",  # 22: its 100,000-task load is most of it
-    "test_swarm.py",  # 12
-    "test_generated_suite.py",  # 10
-    "test_ci_workflow.py",  # 4
-    "test_bench_smoke.py",  # 3.5
-    "test_compose_e2e.py",  # 3.5
-    "test_monitoring.py",  # 3
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: test order within a file is kept
-
 
 def generate(output_dir: Path, **answers: str) -> Path:
     """Render the template with ``answers`` over the defaults; returns the project folder."""
