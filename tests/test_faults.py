@@ -455,7 +455,7 @@ def test_stack_refuses_anonymous_access_runs_as_non_root_on_loopback(faults):
 AOF_WINDOW = timedelta(seconds=2)
 REDIS_PID = (
     "for d in /proc/[0-9]*; do "
-    '[ "$(cat $d/comm 2>/dev/null)" = redis-server ] && echo ${d#/proc/}; done'
+    '[ "$(cat $d/comm 2>/dev/null)" = redis-server ] && echo ${d#/proc/}; done; true'
 )
 
 
