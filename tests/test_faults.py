@@ -42,7 +42,6 @@ HEADER = f"{'fault':<44} {'submitted':>9} {'completed':>9} {'lost':>5} {'twice':
 TOOL = """
 import json, sys, time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 
 from {pkg}.celery_app import app
 from {pkg}.producer import PUBLISH_RETRY
