@@ -532,3 +532,20 @@ def test_entries_that_are_not_messages_are_kept_aside_and_workers_go_on(
     assert sorted(kept) == sorted(ENTRIES * 2)
     for worker in workers.values():
         assert worker.log.read_text().count("rejected a queue entry") >= 3
+
+
+def test_one_redis_client_per_pool_not_per_call(private_redis):
+    """kombu built a client per record, ack and publish (~170 callbacks filled each time); the
+    channel keeps one per pool, and a new pool (after a reconnect) gets a new one."""
+    with connect(private_redis.url) as conn:
+        channel = conn.default_channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second and first.connection_pool is channel.pool
+            assert first.ping()
+        given = redis.Redis.from_url(private_redis.url)
+        with channel.conn_or_acquire(given) as client:
+            assert client is given
+        channel._pool = None  # what kombu does when it drops the channel's pools
+        with channel.conn_or_acquire() as third:
+            assert third is not first and third.connection_pool is channel.pool
+            assert third.ping()

@@ -37,6 +37,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from functools import partial
 from queue import Empty
 from typing import NamedTuple
@@ -319,8 +320,23 @@ class Channel(kombu_redis.Channel):
         self._taken: Taken | None = None
         self._swept_at = float("-inf")
         self._redis_version: str | None = None
+        self._shared_client = None
         super().__init__(*args, **kwargs)  # has reached Redis (kombu pings it)
         STATE.settle(self.qos)
+
+    @contextmanager
+    def conn_or_acquire(self, client=None):
+        # kombu builds a redis.Redis for every call (each record, ack and publish), and redis-py
+        # fills its ~170 response callbacks each time: the largest worker-side cost per no-op
+        # task in a profile of the io worker. One per pool does: it borrows a connection per
+        # command, so greenlets and threads share it safely.
+        if client:
+            yield client
+            return
+        shared = self._shared_client
+        if shared is None or shared.connection_pool is not self.pool:
+            shared = self._shared_client = self._create_client()
+        yield shared
 
     def basic_consume(self, queue, no_ack, *args, **kwargs):
         # Only acknowledged messages are recorded, which is what empties <queue>.taken:

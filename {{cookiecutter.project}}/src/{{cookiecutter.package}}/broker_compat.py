@@ -22,6 +22,8 @@ EXPECTED: dict[tuple[type, str], str | None] = {
     (kombu_redis.Channel, "basic_consume"): "(self, queue, *args, **kwargs)",
     (kombu_redis.Channel, "basic_cancel"): "(self, consumer_tag)",
     (kombu_redis.Channel, "conn_or_acquire"): "(self, client=None)",
+    (kombu_redis.Channel, "_create_client"): "(self, asynchronous=False)",
+    (kombu_redis.Channel, "pool"): None,
     (kombu_redis.Channel, "_size"): "(self, queue)",
     (kombu_redis.Channel, "_purge"): "(self, queue)",
     (kombu_redis.Channel, "_delete"): (
