@@ -344,4 +344,5 @@ def test_sigterm_warm_shutdown_finishes_io_calls(pods, running):
     assert states == ["SUCCESS"] * 40
     # None of them left queued or unacknowledged (beat's own entries may be).
     assert not set(ids) & set(queued_ids(pods, "io"))
-    assert not [i for i in ids if i in pods.redis("HVALS", "unacked")]
+    unacked = pods.redis("HVALS", "unacked")
+    assert not [i for i in ids if i in unacked]
