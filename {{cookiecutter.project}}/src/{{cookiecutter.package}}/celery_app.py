@@ -57,7 +57,8 @@ def make_app() -> Celery:
         broker_url=settings.broker_url,
         # kombu's Redis transport with three delivery gaps closed: see broker.py.
         broker_transport="{{ cookiecutter.package }}.broker:Transport",
-        result_backend=settings.broker_url,
+        # Celery's Redis backend, storing a result in one round trip: see results.py.
+        result_backend=f"{{ cookiecutter.package }}.results:Backend+{settings.broker_url}",
         # JSON only: a pickled message could run arbitrary code in the worker.
         task_serializer="json",
         result_serializer="json",

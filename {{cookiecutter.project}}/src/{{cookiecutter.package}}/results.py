@@ -1,0 +1,64 @@
+"""Celery's Redis result backend, storing each result in one round trip instead of two.
+
+Celery 5.7 reads a task's stored result before writing the new one (a SUCCESS is never
+overwritten: a re-delivered task must not replace it), then writes it with the PUBLISH that
+wakes ``AsyncResult.get`` in a MULTI/EXEC transaction: two round trips per task, about a fifth
+of the io worker's CPU for a no-op in a profile. Here one Lua script reads, checks, writes and
+publishes; atomic too, so nothing can land between the check and the write.
+
+It overrides ``_store_result``; ``broker_compat`` checks the Celery internals it calls before
+the worker starts. Results must be JSON (``celery_app`` accepts nothing else): the script reads
+the stored status with ``cjson``.
+"""
+
+from __future__ import annotations
+
+from celery import states
+from celery.backends.redis import RedisBackend
+from celery.exceptions import BackendStoreError
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.objects import cached_property
+
+# KEYS[1] result key; ARGV[1] encoded meta, ARGV[2] expiry in seconds (0: none), ARGV[3] state
+# that must not be overwritten. Returns 1 if stored, 0 if that state was already there.
+STORE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == ARGV[3] then return 0 end
+end
+if ARGV[2] ~= '0' then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+class Backend(RedisBackend):
+    """``RedisBackend`` whose store is one ``EVALSHA``; reads are Celery's own."""
+
+    @cached_property
+    def _store_script(self):
+        return self.client.register_script(STORE)
+
+    def _store_result(self, task_id, result, state, traceback=None, request=None, **kwargs):
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = bytes_to_str(task_id)
+        value = self.encode(meta)
+        if len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError(
+                "value too large for Redis backend", state=state, task_id=task_id
+            )
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        key = self.get_key_for_task(task_id)
+        # Connection errors are retried as Celery's own set() retries them.
+        self.ensure(self._store, (key, value, int(expires or 0)))
+        return result
+
+    def _store(self, key, value, expires: int) -> int:
+        return self._store_script(keys=[key], args=[value, expires, states.SUCCESS])
