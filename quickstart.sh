@@ -88,6 +88,8 @@ main() {
   local project
   project=$(generate) || fail "generation failed (the message above says which answer)"
   cd "$project"
+  # Without a registry the engine setup made stand-ins: say so, and build and run on them.
+  uv run --quiet --no-project --with pyyaml python "$TEMPLATE/.ci/stand_ins.py" "$project"
   log "starting the stack in $project (first build takes a few minutes)"
   docker compose up -d --build --wait
   log "running the producer: 20 CPU tasks and 200 I/O tasks"

@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,12 +18,53 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from cookiecutter.main import cookiecutter
 
 TEMPLATE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TEMPLATE / ".ci"))
+import stand_ins  # noqa: E402  (.ci/stand_ins.py, which quickstart.sh runs too)
 
 DEFAULT_PACKAGE = "task_queue"
+
+# pytest-xdist (`-n 3 --dist loadfile`, pyproject.toml): a file runs on one worker (its
+# module-scoped stack is built once), and files go out in this order to whichever worker is
+# free, the longest first so the run's tail stays short and the two heaviest suites (faults,
+# swarm) start on workers of their own. `-n 0` for one process (-s, --pdb).
+LONGEST_FIRST = (
+    "test_ci_workflow.py",  # 950 s in one test (the generated suite, serially): start it first
+    "test_faults.py",
+    "test_swarm.py",
+    "test_generated_suite.py",
+    "test_monitoring.py",
+    "test_k8s_containers.py",
+    "test_compose_e2e.py",
+    "test_bench_smoke.py",
+    "test_flower_browser.py",
+    "test_quickstart.py",
+    "test_tooling.py",
+)
+# The everyday tier (`uv run pytest -m fast`): units, generation and lint, the generated
+# project's own fast tests; no Docker engine needed.
+FAST = {
+    "test_hooks.py",
+    "test_names.py",
+    "test_generation.py",
+    "test_repo.py",
+    "test_k8s_manifests.py",
+    "test_swarm_files.py",
+    "test_template_updates.py",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: test order within a file is kept
+    for item in items:
+        if item.path.name in FAST:
+            item.add_marker(pytest.mark.fast)
 
 
 def generate(output_dir: Path, **answers: str) -> Path:
@@ -38,7 +80,10 @@ def clean_env() -> dict[str, str]:
     """The caller's environment for commands in a generated project, minus what would steer
     them elsewhere: the template's own virtualenv and any Redis of the caller's."""
     drop = ("VIRTUAL_ENV", "TEST_REDIS_URL", "REDIS_URL")
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    # The Redis 7.2+ image the durable-publish tests and the benchmark fall back to.
+    env["REDIS_IMAGE"] = f"{stand_ins.PREFIX}/redis:8"
+    return env
 
 
 def run(
@@ -185,7 +230,7 @@ def tool(name: str) -> str:
 # Private aliases of the stack's base images (.ci/docker-engine.sh makes them): the real image
 # where a registry answers, else a local stand-in. Never the public tags, which a stand-in would
 # shadow for everything else on a shared engine.
-BASE_PREFIX = os.environ.get("BASE_IMAGE_PREFIX", "celery-template-base")
+BASE_PREFIX = stand_ins.PREFIX
 
 
 def base_image(public: str) -> str:
@@ -193,20 +238,8 @@ def base_image(public: str) -> str:
 
 
 def point_at_private_bases(project: Path) -> None:
-    """Write compose.override.yaml (read by compose next to compose.yaml): every built service
-    builds FROM the private python image, redis and prometheus services run private images."""
-    compose = yaml.safe_load((project / "compose.yaml").read_text())
-    services = {}
-    for name, service in compose["services"].items():
-        if "build" in service:
-            python = base_image(f"python:{service['build']['args']['PYTHON_VERSION']}-slim")
-            services[name] = {"build": {"args": {"PYTHON_IMAGE": python}}}
-        elif str(service.get("image", "")).startswith(("redis:", "prom/prometheus:")):
-            services[name] = {"image": base_image(service["image"])}
-    override = "# Test only: private base images (tests/conftest.py).\n"
-    (project / "compose.override.yaml").write_text(
-        override + yaml.safe_dump({"services": services})
-    )
+    """compose.override.yaml: every base image of the stack is its private alias."""
+    stand_ins.override(project, always=True)
 
 
 def start_stack(output_dir: Path, name: str, **answers: str) -> Stack:

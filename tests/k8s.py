@@ -76,9 +76,25 @@ def container_env(spec: dict, objects: list[dict]) -> dict[str, str]:
         (config,) = (o for o in objects if o["metadata"]["name"] == source["configMapRef"]["name"])
         env.update(config["data"])
     for item in spec.get("env", []):
-        assert "value" in item, f"only plain values are emulated: {item}"
+        field = item.get("valueFrom", {}).get("resourceFieldRef")
+        if field is not None:  # the Downward API: the container's own limit, in divisor units
+            env[item["name"]] = str(resource_field(spec, field))
+            continue
+        assert "value" in item, f"only plain values and resourceFieldRef are emulated: {item}"
         env[item["name"]] = expand(item["value"], env)
     return env
+
+
+def resource_field(spec: dict, field: dict) -> int:
+    """kubelet's value for a resourceFieldRef of limits.memory or limits.cpu (rounded up)."""
+    kind, resource = field["resource"].split(".")
+    quantity = spec["resources"][kind][resource]
+    divisor = field.get("divisor", "1")
+    if resource == "memory":
+        whole, unit = memory_bytes(quantity), memory_bytes(divisor) if divisor != "1" else 1
+    else:
+        whole, unit = cpu_cores(quantity), cpu_cores(divisor)
+    return -(-whole // unit)
 
 
 def cpu_cores(quantity: str) -> float:

@@ -18,6 +18,7 @@ FIGURES = {
     "overhead": ("tasks_per_s", "cpu_ms_per_task", "cpu_bound_tasks_per_s"),
     "publish": ("tasks_per_s", "x_plain", "batch"),
     "exporter": ("tasks_per_s", "pct_of_bound", "exporter_cpu_s", "exporter_cpu_ms_per_task"),
+    "soak": ("end_to_end_tasks_per_s", "end_to_end_s", "cpu_ms_per_task"),
 }
 VARIANTS = {
     "io": {"template io", "untuned gevent", "template io x cores", "prefork c=cores"},
@@ -26,6 +27,7 @@ VARIANTS = {
     "overhead": {"template io", "untuned gevent", "template cpu", "untuned prefork"},
     "publish": {"plain", "durable", "durable, one batch", "plain, appendfsync always"},
     "exporter": {"template io + exporter"},
+    "soak": {"template cpu + io"},
 }
 
 

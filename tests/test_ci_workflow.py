@@ -113,8 +113,9 @@ def assert_whole_suite_passed(project: Path, output: str) -> None:
     want = rf"=+ {collected - skipped} passed{tail}(, \d+ warnings?)? in .*"
     assert re.fullmatch(want, summary), f"{collected} collected: {summary}"
     # Every test file took part: a renamed or broken file would shrink both counts alike.
-    files = {path.relative_to(project).as_posix() for path in project.glob("tests/test_*.py")}
-    ran = set(re.findall(r"^(tests/test_\w+\.py) \S", output, re.M))
+    tests = [*project.glob("tests/test_*.py"), *project.glob("packages/*/tests/test_*.py")]
+    files = {path.relative_to(project).as_posix() for path in tests}
+    ran = set(re.findall(r"^((?:packages/[\w-]+/)?tests/test_\w+\.py) \S", output, re.M))
     assert files and ran == files, sorted(files ^ ran)
 
 

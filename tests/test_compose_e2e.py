@@ -276,8 +276,8 @@ def test_down_stops_within_grace_period_without_sigkill(stack):
     )
     print(f"[{case}] down -v took {took:.1f} s; signals sent: {signals}")
     assert signals, "no kill events recorded: the check would prove nothing"
+    # No SIGKILL: every service stopped within its own stop_grace_period (Docker kills at it).
     assert all(sig != "9" for _, sig in signals), signals
-    assert took < 60  # below the smallest stop_grace_period of the workers
     if case == "default":
         s.up()  # other suites share this stack
 

@@ -34,6 +34,10 @@ FAULT_ENV = {
 # Selectable on its own: `uv run pytest -m faults`.
 pytestmark = [pytest.mark.faults, pytest.mark.docker]
 
+# Every wait below is a safety net against a hang, never a speed bound: generous, so a shared
+# machine under load is never reported as a lost task.
+HANG_AFTER = 600
+
 ROWS: list[str] = []
 HEADER = f"{'fault':<44} {'submitted':>9} {'completed':>9} {'lost':>5} {'twice':>5} {'redeliv':>7}"
 
@@ -175,14 +179,14 @@ class Faults:
         succeeded = Counter(re.findall(rf"\[({ident})\] succeeded in", text))
         return received, succeeded
 
-    def wait_for_received(self, service: str, tag: str, at_least: int, timeout: float = 120):
+    def wait_for_received(self, service: str, tag: str, at_least: int, timeout: float = HANG_AFTER):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             received, _ = self.log_counts(service, tag)
             if len(received) >= at_least:
                 return
             time.sleep(0.5)
-        raise AssertionError(f"{service} never started {at_least} tasks of {tag}")
+        raise AssertionError(f"hang: {service} never started {at_least} tasks of {tag}")
 
     def seen_since(self, service: str, tag: str, since: datetime) -> int:
         """Task ids of ``tag`` the service received or finished at or after ``since`` (UTC)."""
@@ -196,14 +200,37 @@ class Faults:
         received, succeeded = self.log_counts(service, tag)
         return len(set(received) - set(succeeded))
 
+    def held_across(
+        self, service: str, tag: str, down: datetime, up: datetime, ident: str = ""
+    ) -> set[str]:
+        """Ids of ``tag`` (or matching the regex ``ident``) the service received before Redis
+        was back (``up``) and had not finished before it went (``down``): their acks cross the
+        restart, so the library puts them back and they may run again (at least once). Read
+        after the fact: the log lags."""
+        ident = ident or re.escape(tag) + r"-\d+"
+        stamp = r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+): [^\]]*\].*"
+        found = re.findall(rf"{stamp}\[({ident})\] (received|succeeded)", self.logs(service),
+                           re.MULTILINE)  # fmt: skip
+        first: dict[tuple[str, str], datetime] = {}
+        for when, ident_, what in found:
+            first.setdefault((ident_, what), datetime.strptime(when, "%Y-%m-%d %H:%M:%S,%f"))
+        return {
+            i for (i, what), when in first.items()
+            if what == "received" and when <= up and first.get((i, "succeeded"), up) >= down
+        }  # fmt: skip
+
     def report(
-        self, fault: str, service: str, tag: str, n: int, timeout: float, **at_most: int
-    ) -> dict:
+        self, fault: str, service: str, tag: str, n: int, timeout: float,
+        window: tuple[datetime, datetime] | None = None, **at_most: int,
+    ) -> dict:  # fmt: skip
         """Wait for the batch, print its row; assert none is lost, and at most ``twice`` ids
         ran twice and ``redelivered`` were received again (both 0 unless given): a bound is the
-        number of tasks the workers held when the fault hit."""
+        number of tasks the workers held when the fault hit. With ``window`` (Redis down, back
+        up), the tasks held across it are added to both bounds, and only they may run twice."""
         started = time.monotonic()
-        result = self.wait(tag, n, timeout)
+        # ``timeout`` is what the batch needs on an idle machine; the wait is a safety net
+        # against a hang, generous so that a loaded machine is never reported as a loss.
+        result = self.wait(tag, n, max(timeout, HANG_AFTER))
         waited = time.monotonic() - started
         taken = self.wait_taken_empty()
         received, succeeded = self.log_counts(service, tag)  # after the sweep's re-runs
@@ -227,9 +254,12 @@ class Faults:
             raise AssertionError(f"{row['lost']} lost: {result}\n" + "\n".join(seen))
         # The log is the second witness: every task id ran to success at least once.
         assert set(succeeded) == {f"{tag}-{i}" for i in range(n)}, "ids never logged success"
+        across = self.held_across(service, tag, *window) if window else set()
         for key in ("twice", "redelivered"):
-            bound = at_most.get(key, 0)
+            bound = at_most.get(key, 0) + len(across)
             assert len(row[key]) <= bound, f"{key}: {len(row[key])} > {bound}: {row[key][:5]}"
+        if window:
+            print(f"  held across the restart: {len(across)}")
         return row
 
     def wait_taken_empty(self, timeout: float = 150) -> str:
@@ -277,14 +307,14 @@ class Faults:
         # The shell's builtin: images need not ship /bin/kill.
         self.stack.compose("exec", "-T", service, "sh", "-c", f"kill -9 {' '.join(map(str, pids))}")
 
-    def wait_healthy(self, service: str, timeout: float = 180) -> dict:
+    def wait_healthy(self, service: str, timeout: float = HANG_AFTER) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = self.container(service)
             if info["State"].get("Health", {}).get("Status") == "healthy":
                 return info
             time.sleep(1)
-        raise AssertionError(f"{service} not healthy again within {timeout} s")
+        raise AssertionError(f"hang: {service} not healthy again within {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +360,10 @@ def test_kill_whole_worker_containers_mid_batch(faults):
         faults.wait_for_received(service, tag, 2)
         before[service] = faults.container(service)
         faults.kill(service, faults.main_pid(service, "celery"))
-        at_risk[service] = faults.in_flight(service, tag)
+        # Held: received (the log, which lags under load) or delivered and recorded in the
+        # unacked hash, which keeps the killed worker's entries until they are restored.
+        unacked = faults.tool_run("wait", "none", "0", "0")["unacked"]
+        at_risk[service] = max(faults.in_flight(service, tag), unacked)
     for service in batches:
         after = faults.wait_healthy(service)
         # Proof the kill happened: the same container was started again by Docker.
@@ -468,6 +501,7 @@ def test_redis_goes_down_with_thousands_queued(faults, how):
     queued, unacked = state["queued"], state["unacked"]  # unacked: delivered to a worker
     before = faults.container("redis")
     unsynced = dict.fromkeys(("cpu", "io"), 0)
+    down = datetime.now(UTC).replace(tzinfo=None)
     if how == "compose restart":
         s.compose("restart", "redis")
     else:
@@ -484,30 +518,103 @@ def test_redis_goes_down_with_thousands_queued(faults, how):
     held = {q: faults.in_flight(f"worker-{q}", f"{tag}-{q}") for q in ("cpu", "io")}
     held = {q: max(n_held, unacked) + unsynced[q] for q, n_held in held.items()}
     after = faults.wait_healthy("redis")
+    up = datetime.now(UTC).replace(tzinfo=None)
     assert after["State"]["StartedAt"] != before["State"]["StartedAt"], "redis did not restart"
     print(f"\n[{how}] queued when Redis went down: {queued}; held by workers: {held} "
           f"(of which in the last {AOF_WINDOW.seconds} s before a kill -9: {unsynced})")  # fmt: skip
     for queue, service in (("cpu", "worker-cpu"), ("io", "worker-io")):
         fault = f"redis {how}, {queue} backlog"
-        faults.report(
-            fault, service, f"{tag}-{queue}", n, 150, twice=held[queue], redelivered=held[queue]
-        )
+        faults.report(fault, service, f"{tag}-{queue}", n, 150, window=(down, up),
+                      twice=held[queue], redelivered=held[queue])  # fmt: skip
     # Workers and Flower came back by themselves: Flower reaches both workers, and sees the
     # events of a task sent now.
-    deadline, seen = time.monotonic() + 120, set()
+    deadline, seen = time.monotonic() + HANG_AFTER, set()
     while time.monotonic() < deadline and seen != {"cpu", "io"}:
         time.sleep(2)  # reconnects are asynchronous: give Flower's broadcast a few tries
         seen = {name.split("@")[0] for name in s.workers()}
     assert seen == {"cpu", "io"}
     probe = f"{tag}-flower"
     faults.submit(probe, "io.noop", 1, [])
-    deadline, info = time.monotonic() + 120, (0, None)
+    deadline, info = time.monotonic() + HANG_AFTER, (0, None)
     while time.monotonic() < deadline:
         info = s.flower(f"/api/task/info/{probe}-0")
         if info[0] == 200 and info[1].get("state") == "SUCCESS":
             break
         time.sleep(2)
     assert info[0] == 200 and info[1]["state"] == "SUCCESS", info
+
+
+def test_redis_stopped_90_s_under_load_marks_no_worker_unhealthy(faults):
+    """Issue 21: the workers' health check (heartbeat.py) keeps passing while Redis is away,
+    so Swarm replaces no replica; the work left behind runs once Redis is back."""
+    s, n, workers = faults.stack, 60, ("worker-cpu", "worker-io")
+    faults.submit("away-cpu", "cpu.count_primes", n, [500_000])
+    faults.submit("away-io", "io.wait_on_api", 5 * n, [3.0])
+    faults.wait_for_received("worker-cpu", "away-cpu", 2)
+    faults.wait_for_received("worker-io", "away-io", 2)
+    unacked = faults.tool_run("wait", "away", "0", "0")["unacked"]  # delivered to a worker
+    down = datetime.now(UTC).replace(tzinfo=None)
+    s.compose("stop", "redis", timeout=120)
+    # Delivered and not finished when Redis went: these may run again (at least once). The
+    # log's count of received tasks lags, so the bound also takes unacked.
+    held = {q: max(faults.in_flight(f"worker-{q}", f"away-{q}"), unacked) for q in ("cpu", "io")}
+    streak, probes = dict.fromkeys(workers, 0), dict.fromkeys(workers, 0)
+    try:
+        gone = time.monotonic()
+        while time.monotonic() - gone < 90:
+            for name in workers:
+                health = faults.container(name)["State"]["Health"]
+                streak[name] = max(streak[name], health["FailingStreak"])
+                probes[name] = max(probes[name], len(health["Log"]))
+            time.sleep(2)
+    finally:
+        s.compose("start", "redis", timeout=120)
+    faults.wait_healthy("redis")
+    up = datetime.now(UTC).replace(tzinfo=None)
+    print(f"\nRedis stopped 90 s: longest failing streak of the health check {streak}")
+    assert streak == dict.fromkeys(workers, 0) and all(probes.values())
+    faults.report("redis stopped 90 s, cpu", "worker-cpu", "away-cpu", n, 300,
+                  window=(down, up), twice=held["cpu"], redelivered=held["cpu"])  # fmt: skip
+    faults.report("redis stopped 90 s, io", "worker-io", "away-io", 5 * n, 300,
+                  window=(down, up), twice=held["io"], redelivered=held["io"])  # fmt: skip
+
+
+def test_redis_restart_under_long_tasks_then_the_copies_worker_killed(faults):
+    """Review 2026-12-02, D1, on the real stack: long tasks run while Redis restarts; their
+    messages go back and the worker takes the copies while the first runs go on; the first runs
+    finish and ack late (on the channel that closed). Then the worker running the copies is
+    killed -9: the copies' records must still be there, so they come back after
+    VISIBILITY_TIMEOUT and run. (Before the settles were owned, the late ack removed them.)"""
+    s, tag, n = faults.stack, "long-copy", 4
+    faults.submit(tag, "io.wait_on_api", n, [20])
+    faults.wait_for_received("worker-io", tag, n)
+    s.compose("restart", "redis")
+    faults.wait_healthy("redis")
+    ids = {f"{tag}-{i}" for i in range(n)}
+
+    def until(what: str, done) -> None:
+        deadline = time.monotonic() + HANG_AFTER  # a safety net against a hang
+        while not done(*faults.log_counts("worker-io", tag)):
+            assert time.monotonic() < deadline, f"hang: {what}"
+            time.sleep(1)
+
+    until("copies never taken", lambda received, _: all(received[i] >= 2 for i in ids))
+    until("first runs never finished", lambda _, succeeded: set(succeeded) >= ids)
+    received, succeeded = faults.log_counts("worker-io", tag)
+    running = {i for i in ids if received[i] > succeeded[i]}  # the copies, still running
+    print(f"\ncopies running when worker-io is killed: {len(running)} of {n}")
+    assert running, "every copy had finished: the kill would prove nothing"
+    faults.kill("worker-io", faults.main_pid("worker-io", "celery"))
+    faults.wait_healthy("worker-io")
+    # The first runs stored SUCCESS already: the proof is that each killed copy comes back
+    # (a third receipt) and runs to the end; a removed record never would.
+    until(
+        "a killed copy never came back: lost",
+        lambda received, succeeded: all(received[i] >= 3 and succeeded[i] >= 2 for i in running),
+    )
+    # Each id ran once before the restart, once as a copy; the killed copies run once more.
+    fault = "redis restart, long tasks, copies' worker killed"
+    faults.report(fault, "worker-io", tag, n, 300, twice=n, redelivered=n)
 
 
 # --- 3. graceful stop -----------------------------------------------------------------------
@@ -517,7 +624,9 @@ def test_stop_worker_cpu_while_long_tasks_run(faults):
     """Prefork soft shutdown: tasks get CPU_SOFT_SHUTDOWN_TIMEOUT to finish, the rest are
     re-queued at once and run after the restart; Docker never needs its SIGKILL."""
     s, tag, n = faults.stack, "stop-cpu", 6
-    faults.submit(tag, "cpu.count_primes", n, [3_000_000])
+    # ~5 s each on an idle machine: some finish within the soft shutdown, the rest are
+    # re-queued. Far below TASK_TIME_LIMIT (30 s) so a loaded machine does not reach it.
+    faults.submit(tag, "cpu.count_primes", n, [1_500_000])
     faults.wait_for_received("worker-cpu", tag, 2)
     time.sleep(1)
     s.compose("stop", "worker-cpu", timeout=120)
@@ -554,6 +663,7 @@ def test_producer_while_redis_is_down(faults):
             if depth.stdout.strip().isdigit() and int(depth.stdout) > 2000:
                 break
             time.sleep(0.2)
+        down = datetime.now(UTC).replace(tzinfo=None)
         s.compose("stop", "redis")
         down_at = time.monotonic()
         out, err = producer.communicate(timeout=300)
@@ -563,6 +673,7 @@ def test_producer_while_redis_is_down(faults):
     gave_up = time.monotonic() - down_at
     s.compose("start", "redis")
     faults.wait_healthy("redis")
+    up = datetime.now(UTC).replace(tzinfo=None)
     print(
         f"\nproducer exit {producer.returncode} {gave_up:.1f} s after Redis stopped: {err.strip()}"
     )
@@ -575,8 +686,8 @@ def test_producer_while_redis_is_down(faults):
     assert report["unsent"] == total - len(sent)
     # The producer's tasks carry random ids; no other test here sends wait_on_api that way.
     pattern = rf"wait_on_api\[({UUID})\] succeeded in"
-    # A few thousand zero-delay calls drain in well under a minute; 180 s is ample.
-    deadline, done, text = time.monotonic() + 180, Counter(), ""
+    # A safety net: a few thousand zero-delay calls drain in well under a minute.
+    deadline, done, text = time.monotonic() + HANG_AFTER, Counter(), ""
     while time.monotonic() < deadline:
         text = faults.logs("worker-io")
         done = Counter(re.findall(pattern, text))
@@ -595,8 +706,11 @@ def test_producer_while_redis_is_down(faults):
     assert not lost, sorted(lost)[:5]
     # No worker was killed, but kombu's publish retry can resend a message whose first copy
     # reached Redis before the connection broke (at-least-once publishing): a handful, never
-    # the batch (stop 9 measured 3, this round 4).
-    assert len(twice) <= 10 and set(twice) <= sent, twice[:5]
+    # the batch (stop 9 measured 3, another round 4). Tasks the worker held across the stop
+    # may run again too: their acks reach a Redis that restarted, which puts them back.
+    across = faults.held_across("worker-io", "", down, up, ident=UUID)
+    print(f"held across the stop: {len(across)}")
+    assert len(twice) <= 10 + len(across) and set(twice) <= sent, twice[:5]
 
 
 # --- 5. load --------------------------------------------------------------------------------
@@ -616,8 +730,14 @@ def memory_mib(names: list[str]) -> dict[str, float]:
     return usage
 
 
-def test_load_100k_tasks_drained_memory_bounded(faults):
-    per_queue = 50_000
+# 10,000 tasks prove what 100,000 did here (every task accounted for, nothing left in
+# <queue>.taken, memory bounded) in a tenth of the time; the full size is the benchmark's
+# `soak` scenario (python -m bench --scenarios soak), which reports its throughput.
+LOAD_PER_QUEUE = 5_000
+
+
+def test_load_tasks_drained_memory_bounded(faults):
+    per_queue = LOAD_PER_QUEUE
     names = [faults.container(svc)["Name"].lstrip("/") for svc in ("worker-cpu", "worker-io")]
     baseline = memory_mib(names)
     started = time.monotonic()
@@ -627,7 +747,7 @@ def test_load_100k_tasks_drained_memory_bounded(faults):
     ]
     peak = dict(baseline)
     done = {}
-    # A safety net, not a speed bound: full CI runs drained it in 800-896 s on 2 cores.
+    # A safety net against a hang, not a speed bound.
     deadline = started + 1800
     while time.monotonic() < deadline:
         time.sleep(10)
@@ -643,7 +763,7 @@ def test_load_100k_tasks_drained_memory_bounded(faults):
         _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
     print(
-        f"\n100,000 tasks submitted and drained in {elapsed:.0f} s "
+        f"\n{2 * per_queue:,} tasks submitted and drained in {elapsed:.0f} s "
         f"({2 * per_queue / elapsed:.0f} tasks/s end to end, events and results on)"
     )
     print(
@@ -651,6 +771,6 @@ def test_load_100k_tasks_drained_memory_bounded(faults):
         + ", ".join(f"{n}: {baseline[n]:.0f} -> {peak[n]:.0f}" for n in names)
     )
     for queue, service in (("cpu", "worker-cpu"), ("io", "worker-io")):
-        faults.report(f"load 50,000 noop ({queue})", service, f"load-{queue}", per_queue, 60)
+        faults.report(f"load {per_queue:,} noop ({queue})", service, f"load-{queue}", per_queue, 60)
     # Bounded: far below the host's memory; prefork children are also capped per process.
     assert all(mib < 1024 for mib in peak.values()), peak

@@ -1,7 +1,9 @@
 """The generated project's own test suite (real redis-server, real workers), run as a user would.
 
-The default project's suite runs in test_ci_workflow.py, as its GitHub job runs it (Redis 8
-there, Debian's redis-server here); running it twice would add ~5 minutes to CI for nothing.
+Split by the project's own `slow` marker: its fast tests are part of the everyday tier
+(`-m fast`), its slow ones run in the full run; together they are the whole suite, which the
+first test checks. The default project's suite runs in test_ci_workflow.py, as its GitHub job
+runs it (Redis 8 there, Debian's redis-server here); this one is the non-default option set.
 """
 
 from __future__ import annotations
@@ -12,41 +14,66 @@ from pathlib import Path
 import pytest
 from conftest import clean_env, generate, run
 
-CASES = {
-    "solo-threads": {
-        "project_name": "Beta Jobs",
-        "cpu_pool": "solo",
-        "io_pool": "threads",
-        "python_version": "3.12",
-        "io_concurrency": "300",
-    },
+ANSWERS = {
+    "project_name": "Beta Jobs",
+    "cpu_pool": "solo",
+    "io_pool": "threads",
+    "python_version": "3.12",
+    "io_concurrency": "300",
 }
 
 
-def collected(project: Path, env: dict[str, str]) -> list[str]:
+def collected(project: Path, env: dict[str, str], *args: str) -> list[str]:
     """Node ids pytest collects in the project, the way `make test` would run them."""
     cmd = ["uv", "run", "--locked", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
-    out = run(cmd, cwd=project, env=env, timeout=300).stdout
+    out = run([*cmd, *args], cwd=project, env=env, timeout=300).stdout
     return [line for line in out.splitlines() if "::" in line]
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_generated_project_tests_pass(tmp_path, case):
-    project = generate(tmp_path, **CASES[case])
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    project = generate(tmp_path_factory.mktemp("solo-threads"), **ANSWERS)
     env = clean_env()
     run(["uv", "sync", "--locked", "--quiet"], cwd=project, env=env, timeout=600)
-    ids = collected(project, env)
-    # Every test file is collected: a renamed or broken file would shrink both counts alike.
-    files = {path.relative_to(project).as_posix() for path in project.glob("tests/test_*.py")}
-    assert files and {i.split("::")[0] for i in ids} == files
-    # Through the Makefile, as a user would: proves `make test` really runs the suite.
+    return project, env
+
+
+def make_test(project: Path, env: dict[str, str], marks: str) -> str:
+    """`make test` with a marker expression; asserts every test it selects passed."""
+    ids = collected(project, env, "-m", marks)
+    assert ids, f"no test selected by -m {marks!r}"
     proc = run(
-        ["make", "test", "ARGS=-q -s -p no:cacheprovider"], cwd=project, env=env, timeout=900
+        ["make", "test", f"ARGS=-q -s -p no:cacheprovider -m '{marks}'"],
+        cwd=project,
+        env=env,
+        timeout=900,
     )
     summary = proc.stdout.strip().splitlines()[-1]
-    print(f"{case}: {summary} ({len(ids)} collected)")
-    # All of them passed: nothing failed, errored, skipped, deselected or xfailed.
-    assert re.fullmatch(rf"{len(ids)} passed(, \d+ warnings?)? in .*", summary), summary
-    peak = [line for line in proc.stdout.splitlines() if "in flight" in line]
+    print(f"-m {marks!r}: {summary} ({len(ids)} selected)")
+    # All of them passed: nothing failed, errored, skipped or xfailed.
+    assert re.fullmatch(rf"{len(ids)} passed, \d+ deselected(, \d+ warnings?)? in .*", summary), (
+        summary
+    )
+    return proc.stdout
+
+
+@pytest.mark.fast
+def test_generated_fast_tests_pass(project):
+    path, env = project
+    everything = collected(path, env)
+    # Every test file is collected, and the two runs below cover all of its tests.
+    # The app's tests and the library's (packages/*/tests), as pytest's testpaths say.
+    tests = [*path.glob("tests/test_*.py"), *path.glob("packages/*/tests/test_*.py")]
+    files = {p.relative_to(path).as_posix() for p in tests}
+    assert files and {i.split("::")[0] for i in everything} == files
+    fast, slow = collected(path, env, "-m", "not slow"), collected(path, env, "-m", "slow")
+    assert sorted(fast + slow) == sorted(everything) and slow
+    out = make_test(path, env, "not slow")
+    peak = [line for line in out.splitlines() if "in flight" in line]
     assert peak, "the concurrency test did not report its figures"
-    print(f"{case}: {peak[0].strip('.')}")
+    print(peak[0].strip("."))
+
+
+def test_generated_slow_tests_pass(project):
+    path, env = project
+    make_test(path, env, "slow")

@@ -177,9 +177,10 @@ def test_worker_probes_read_the_heartbeat_file(project, rendered):
     for variant in VARIANTS:
         for name in (*WORKERS, "beat"):
             spec = container(workloads(rendered[variant])[name])
-            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            checks = {"startupProbe": "heartbeat", "livenessProbe": "heartbeat"}
+            for probe, check in {**checks, "readinessProbe": "ready"}.items():
                 command = spec[probe]["exec"]["command"]
-                assert command == ["python", "-m", f"{package}.health", "heartbeat"]
+                assert command == ["python", "-m", f"{package}.health", check]
                 # The heartbeat goes stale after 15 s: a probe must not wait longer than that.
                 assert spec[probe]["timeoutSeconds"] <= 15
 
@@ -303,3 +304,35 @@ def test_every_referenced_secret_and_config_exists(rendered):
         assert {"REDIS_URL", "CPU_SOFT_SHUTDOWN_TIMEOUT", "IO_CONCURRENCY"} <= set(config)
         # The password reaches the pods as a file, never inside the URL.
         assert urlsplit(config["REDIS_URL"]).password is None
+
+
+def redis_options(command: str) -> dict[str, str]:
+    """The `--name value` options of a redis-server command line."""
+    import shlex
+
+    words = shlex.split(command.replace("\\\n", " "))
+    return {w[2:]: words[i + 1] for i, w in enumerate(words) if w.startswith("--")}
+
+
+def test_redis_options_match_compose_and_swarm(project, rendered):
+    import yaml
+
+    compose = yaml.safe_load((project / "compose.yaml").read_text())["services"]["redis"]
+    stack = yaml.safe_load((project / "deploy/swarm/stack.yaml").read_text())["services"]["redis"]
+    k8s = container(named(rendered["base"], "StatefulSet")["redis"])
+    want = redis_options(compose["command"][-1])
+    assert redis_options(stack["command"][-1]) == want
+    got = redis_options(k8s["command"][-1])
+    # maxmemory: compose and Swarm take a variable; Kubernetes derives it from the limit.
+    assert got.pop("maxmemory") == "$((MEMORY_LIMIT_MB * 3 / 4))mb"
+    want.pop("maxmemory")
+    assert got == want and want["maxmemory-policy"] == "noeviction"
+    ref = {e["name"]: e["valueFrom"]["resourceFieldRef"] for e in k8s["env"]}["MEMORY_LIMIT_MB"]
+    assert ref == {"containerName": "redis", "resource": "limits.memory", "divisor": "1Mi"}
+    # The expression as the container's sh evaluates it, from the rendered limit.
+    limit_mb = int(k8s["resources"]["limits"]["memory"].removesuffix("Gi")) * 1024
+    out = subprocess.run(
+        ["sh", "-c", 'echo "$((MEMORY_LIMIT_MB * 3 / 4))mb"'],
+        env={"MEMORY_LIMIT_MB": str(limit_mb)}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == f"{limit_mb * 3 // 4}mb"

@@ -73,7 +73,8 @@ class Prometheus:
             r["metric"].get("queue", json.dumps(r["metric"])): float(r["value"][1]) for r in result
         }
 
-    def wait_for(self, expr: str, check, timeout: float = 120) -> dict[str, float]:
+    def wait_for(self, expr: str, check, timeout: float = 600) -> dict[str, float]:
+        """The values once ``check`` holds, or at the deadline (a safety net, not a bound)."""
         deadline = time.monotonic() + timeout
         while True:
             values = self.query(expr)
@@ -144,7 +145,9 @@ def test_workload_metrics_by_queue(stack):
     assert prom.wait_for(succeeded, lambda v: v == expected) == expected
     # Runtime and time waiting, each task observed once under its own queue.
     for histogram in ("celery_task_runtime_seconds", "celery_task_queuetime_seconds"):
-        assert prom.query(f"sum by (queue) ({histogram}_count)") == expected, histogram
+        # Scraped on their own schedule: waited for, like the counts above.
+        counts = prom.wait_for(f"sum by (queue) ({histogram}_count)", lambda v: v == expected)
+        assert counts == expected, histogram
     runtime = prom.query(
         "sum by (queue) (celery_task_runtime_seconds_sum) / sum by (queue) (celery_task_runtime_seconds_count)"
     )

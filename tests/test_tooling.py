@@ -96,7 +96,11 @@ def test_dependabot_covers_python_docker_and_actions(default_project):
         assert update["schedule"]["interval"] in ("daily", "weekly", "monthly")
 
 
-BROKER_DEPENDENCIES = ("celery", "kombu", "redis")  # broker.py overrides kombu internals
+BROKER_DEPENDENCIES = (
+    "celery",
+    "kombu",
+    "redis",
+)  # the reliability library overrides kombu internals
 
 
 def test_broker_dependencies_are_pinned_and_upgraded_alone(default_project):

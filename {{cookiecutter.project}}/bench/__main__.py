@@ -1,6 +1,7 @@
 """Run the benchmark against real Redis and real workers started here as local processes.
 
-    python -m bench                 # full run (about 12 minutes on 2 cores)
+    python -m bench                 # full run, every scenario
+    python -m bench --scenarios soak   # 100,000 no-ops through both workers, end to end
     python -m bench --smoke         # tiny batches, for CI
     python -m bench --scenarios io,mixed
     python -m bench --stack [--smoke]     # the running compose stack's own workers instead
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from bench import procs
 
-NAMES = ("io", "memory", "mixed", "overhead", "publish", "exporter")
+NAMES = ("io", "memory", "mixed", "overhead", "publish", "exporter", "soak")
 PROJECT = Path(__file__).resolve().parents[1]
 
 

@@ -78,8 +78,9 @@ def start_redis(workdir: Path, *options: str) -> tuple[subprocess.Popen, str]:
     return proc, f"redis://:{password}@127.0.0.1:{port}/0"
 
 
-# The compose stack's Redis, and its persistence settings.
-REDIS_IMAGE = "redis:8"
+# The compose stack's Redis (REDIS_IMAGE: a mirror or local copy where no registry answers),
+# and its persistence settings.
+REDIS_IMAGE = os.environ.get("REDIS_IMAGE", "redis:8")
 AOF = ("--appendonly", "yes", "--appendfsync", "everysec")
 
 

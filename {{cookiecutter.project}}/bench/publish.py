@@ -91,7 +91,8 @@ def _publish(n: int, batch: int, durably: bool) -> dict:
     Returns the seconds taken and, of those, the seconds spent waiting for the AOF: that wait
     follows the fsync clock, so it stays readable on a machine too busy for steady rates.
     """
-    from {{ cookiecutter.package }} import durable
+    from celery_redis_reliable import durable
+
     from {{ cookiecutter.package }}.celery_app import CPU_QUEUE
     from {{ cookiecutter.package }}.producer import Job, submit
     from {{ cookiecutter.package }}.tasks import cpu

@@ -84,6 +84,14 @@ COLUMNS = {
         ("exporter CPU ms/task", "exporter_cpu_ms_per_task"),
         ("exporter counted", "exporter_counted"),
     ],
+    "soak": [
+        ("variant", "variant"),
+        ("n", "n"),
+        ("ok", "succeeded"),
+        ("end to end s", "end_to_end_s"),
+        ("end to end tasks/s", "end_to_end_tasks_per_s"),
+        ("worker CPU ms/task", "cpu_ms_per_task"),
+    ],
 }
 TITLES = {
     "io": "1. I/O throughput (bound: N*L/C, i.e. C/L tasks/s)",
@@ -93,6 +101,7 @@ TITLES = {
     "publish": "5. Durable publishing: publish rate with and without the WAITAOF wait (median)",
     "stack": "The running stack's own workers (bound: its io slots / L)",
     "exporter": "6. Metrics exporter's own CPU, consuming the events of the io batch",
+    "soak": "7. Soak: no-ops through both workers, published while they run (end to end)",
 }
 
 
@@ -226,6 +235,12 @@ def _exporter_panel(ax, rows):
         _bars(ax, labels, values, "CPU ms per task", TITLES["exporter"])
 
 
+def _soak_panel(ax, rows):
+    labels = [_label(row) for row in rows]
+    values = [row.get("end_to_end_tasks_per_s") for row in rows]
+    _bars(ax, labels, values, "tasks/s, end to end", TITLES["soak"])
+
+
 PANELS = {
     "io": _io_panel,
     "memory": _memory_panel,
@@ -233,4 +248,5 @@ PANELS = {
     "overhead": _overhead_panel,
     "publish": _publish_panel,
     "exporter": _exporter_panel,
+    "soak": _soak_panel,
 }

@@ -48,6 +48,8 @@ class Sizes:
     publish_rounds: int = 3
     # Task events off (Celery's default) and on (what Flower switches on), side by side.
     events: tuple[bool, ...] = (False, True)
+    # Soak: no-ops per queue, published while both workers run (the stack's shape).
+    soak_tasks: int = 50_000
 
 
 FULL = Sizes()
@@ -67,6 +69,7 @@ SMOKE = Sizes(
     publish_rounds=1,
     # Each worker start and stop costs seconds: CI checks the code paths, once.
     events=(False,),
+    soak_tasks=100,
 )
 
 
@@ -381,6 +384,30 @@ def _succeeded_counted(port: int) -> int:
     )
 
 
+# --- 7. soak: both workers, a long run end to end ------------------------------------------
+
+
+def soak(bench: Bench, sizes: Sizes) -> list[dict]:
+    """``soak_tasks`` no-ops per queue through both template workers (events and results on),
+    published while they run: end-to-end throughput, first publish to last finish."""
+    n = sizes.soak_tasks
+    jobs = [Job(CPU_QUEUE, cpu.noop.s()) for _ in range(n)]
+    jobs += [Job(IO_QUEUE, io.noop.s()) for _ in range(n)]
+    specs = [template_cpu(bench, sizes, True), template_io(bench, sizes, True)]
+    result = run_batch(bench, "soak", specs, jobs, preload=False, timeout=600 + n / 10)
+    done = [job for job in jobs if job.value is not None]
+    span = max(j.value["finished"] for j in done) - min(j.submitted for j in jobs) if done else 0
+    return [
+        {
+            "variant": "template cpu + io",
+            "events": True,
+            **result,
+            "end_to_end_s": round(span, 1),
+            "end_to_end_tasks_per_s": round(len(done) / span, 1) if span > 0 else None,
+        }
+    ]
+
+
 SCENARIOS = {
     "io": io_throughput,
     "memory": memory,
@@ -388,4 +415,5 @@ SCENARIOS = {
     "overhead": overhead,
     "publish": publish_cost,
     "exporter": exporter,
+    "soak": soak,
 }

@@ -192,7 +192,8 @@ def test_standby_takes_over_after_kill_without_gap_or_burst(beat_env, beats):
     assert gap <= LOCK_TIMEOUT + LOOP + MARGIN
     assert closest >= 0.5  # no burst: one overdue run, then the normal pace
     url = beat_env["REDIS_URL"]
-    assert queued(url, standby.proc.pid) == len(after)
+    # Stopped right after a log line (the wait above ends on one), its publish may not follow.
+    assert len(after) - 1 <= queued(url, standby.proc.pid) <= len(after)
     # The kill may land between the holder's log line and its publish: that run is lost,
     # never repeated (RedBeat stores the last run before sending).
     assert len(before) - 1 <= queued(url, holder.proc.pid) <= len(before)

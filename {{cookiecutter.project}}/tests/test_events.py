@@ -9,8 +9,7 @@ from types import SimpleNamespace
 import pytest
 import redis
 from celery import Celery
-
-from {{ cookiecutter.package }}.events import BufferedTaskEvents
+from celery_redis_reliable.events import BufferedTaskEvents
 
 from conftest import Worker, make_client, stop, wait_until, with_redis
 

@@ -79,6 +79,13 @@ def hits(api: str, key: str) -> list[float]:
         return json.load(response)["hits"]
 
 
+def dead_entry(dlq, task_id: str) -> dict:
+    """A task's dead-letter entry. Celery stores the failure before its task_failure signal
+    records the entry, so a client that saw FAILURE may be a moment ahead of it."""
+    wait_until(lambda: dlq.hexists(KEY, task_id), RESULT_WAIT, f"dead-letter entry {task_id}")
+    return json.loads(dlq.hget(KEY, task_id))
+
+
 def gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(times)]
 
@@ -126,7 +133,7 @@ def test_4xx_fails_at_once_and_is_dead_lettered(celery_client, demo_api_url, dlq
     with pytest.raises(HTTPStatusError, match="answered 404"):
         result.get(timeout=RESULT_WAIT)
     assert len(hits(demo_api_url, key)) == 1
-    entry = json.loads(dlq.hget(KEY, result.id))
+    entry = dead_entry(dlq, result.id)
     assert (entry["attempts"], entry["queue"], entry["task"]) == (1, "io", FETCH)
     assert entry["args"] == [url] and "answered 404" in entry["exception"]
 
@@ -155,8 +162,8 @@ def test_poison_task_is_dead_lettered_once_and_requeue_runs_it_to_success(
     result = celery_client.send_task(FETCH, args=[url])
     with pytest.raises(TransientHTTPError, match="answered 503"):
         result.get(timeout=RESULT_WAIT)
+    entry = dead_entry(dlq, result.id)
     assert dlq.hlen(KEY) == before + 1
-    entry = json.loads(dlq.hget(KEY, result.id))
     assert entry["attempts"] == MAX_RETRIES + 1 == len(hits(demo_api_url, key))
     print(f"poison task: {entry['attempts']} attempts, 1 dead-letter entry")
 
@@ -198,6 +205,7 @@ def test_purge_drops_only_the_named_entry(celery_client, demo_api_url, dlq, stac
     for result in results:
         with pytest.raises(HTTPStatusError):
             result.get(timeout=RESULT_WAIT)
+        dead_entry(dlq, result.id)
     proc = deadletter(stack_env, "purge", results[0].id)
     assert (proc.returncode, proc.stdout.strip()) == (0, "purged 1 entry"), proc
     assert dlq.hget(KEY, results[0].id) is None
@@ -243,3 +251,20 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing_in_the_dlq(
     assert set(recorded) == sent  # none lost, none extra
     assert all(entry["attempts"] == MAX_RETRIES + 1 for entry in recorded.values())
     assert min(calls) >= MAX_RETRIES + 1
+
+
+def test_dead_letters_keep_the_newest_and_count_the_dropped(private_redis):
+    """At DEADLETTER_MAX the oldest entries go, counted; requeue and purge keep the index."""
+    from {{ cookiecutter.package }} import deadletter
+
+    client = redis.Redis.from_url(private_redis.url)
+    for n in range(5):
+        entry = {"id": f"t{n}", "task": "x", "args": [], "kwargs": {}, "failed_at": 100.0 + n}
+        deadletter.store(client, entry, keep=3)
+    assert sorted(k.decode() for k in client.hkeys(deadletter.KEY)) == ["t2", "t3", "t4"]
+    assert client.zrange(deadletter.INDEX_KEY, 0, -1) == [b"t2", b"t3", b"t4"]
+    assert client.get(deadletter.DROPPED_KEY) == b"2"
+    # A task recorded again (run twice after a crash) keeps one entry, and drops nothing.
+    again = {"id": "t4", "task": "x", "args": [], "kwargs": {}, "failed_at": 200.0}
+    assert deadletter.store(client, again, keep=3) == 0
+    assert client.hlen(deadletter.KEY) == 3 and client.get(deadletter.DROPPED_KEY) == b"2"

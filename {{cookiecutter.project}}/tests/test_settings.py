@@ -151,9 +151,9 @@ def test_password_from_a_file_in_secrets_dir(clean_env, tmp_path):
 
 
 def test_password_from_env_keeps_the_username(clean_env):
-    clean_env.setenv("REDIS_URL", "rediss://app@redis:6380/2")
+    clean_env.setenv("REDIS_URL", "rediss://app@redis:6380/2?ssl_cert_reqs=required")
     clean_env.setenv("REDIS_PASSWORD", "pw")
-    assert Settings().broker_url == "rediss://app:pw@redis:6380/2"
+    assert Settings().broker_url == "rediss://app:pw@redis:6380/2?ssl_cert_reqs=required"
 
 
 def test_broker_url_password_reaches_redis_py_intact(clean_env):
@@ -244,3 +244,20 @@ def test_flower_refuses_to_start_without_a_password(clean_env):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("settings error: FLOWER_PASSWORD is not set (Flower needs a login)")
+
+
+@pytest.mark.parametrize("query", ["", "?ssl_cert_reqs=", "?ssl_cert_reqs=maybe"])
+def test_rediss_url_needs_ssl_cert_reqs(clean_env, query):
+    clean_env.setenv("REDIS_URL", f"rediss://redis:6380/0{query}")
+    with pytest.raises(ValidationError, match="needs \\?ssl_cert_reqs= set to one of required"):
+        Settings()
+
+
+@pytest.mark.parametrize("value", ["required", "CERT_REQUIRED", "optional", "none"])
+def test_rediss_url_with_ssl_cert_reqs_builds_the_backend(clean_env, value):
+    clean_env.setenv("REDIS_URL", f"rediss://redis:6380/0?ssl_cert_reqs={value}")
+    clean_env.setenv("REDIS_PASSWORD", "pw")
+    from celery import Celery
+
+    # Celery's own check on the URL, with no connection made.
+    Celery(backend=Settings().broker_url).backend  # noqa: B018

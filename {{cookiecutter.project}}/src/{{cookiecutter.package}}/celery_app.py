@@ -6,13 +6,15 @@ Figures quoted below were measured on a 2-core machine (celery 5.7, gevent 26.9,
 from __future__ import annotations
 
 import os
+from datetime import datetime
 
-from celery import Celery, bootsteps, signals
+from celery import Celery, Task, signals
 from celery.concurrency import get_implementation
+from celery.utils.time import maybe_make_aware
+from celery_redis_reliable.events import BufferedTaskEvents
 from kombu import Exchange, Queue
 
-from {{ cookiecutter.package }}.events import BufferedTaskEvents
-from {{ cookiecutter.package }}.health import touch
+from {{ cookiecutter.package }}.heartbeat import Heartbeat
 from {{ cookiecutter.package }}.settings import get_settings
 
 CPU_QUEUE = "cpu"
@@ -44,10 +46,80 @@ BEAT_SCHEDULE = {
 RUNTIME = {"pool": "unknown"}
 
 
+class DelayTooLong(ValueError):
+    """A countdown or ETA the broker cannot hold: the task would run more than once."""
+
+
+def delay_problem(app: Celery, name: str, countdown, eta) -> str | None:
+    """Why ``countdown``/``eta`` is refused for task ``name``, or None if it fits.
+
+    On Redis a delayed task waits unacknowledged in the worker that took it; once it has been
+    unacknowledged for VISIBILITY_TIMEOUT, Redis hands a copy to another worker, then another
+    (celery#3270, celery#5935), and every copy runs. Waiting plus running must fit inside it.
+    """
+    if countdown is not None:
+        delay = float(countdown)
+    elif eta is not None:
+        when = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
+        delay = (maybe_make_aware(when) - app.now()).total_seconds()
+    else:
+        return None
+    settings = get_settings()
+    limit = settings.visibility_timeout - settings.task_time_limit
+    if delay <= limit:
+        return None
+    return (
+        f"{name}: a countdown/eta {delay:.0f} s ahead is above {limit} s (VISIBILITY_TIMEOUT="
+        f"{settings.visibility_timeout} - TASK_TIME_LIMIT={settings.task_time_limit}), so Redis "
+        "would hand the waiting task to more workers and run it several times; accepted: at "
+        f"most {limit} s ahead (or raise VISIBILITY_TIMEOUT, or schedule it with beat)"
+    )
+
+
+class App(Celery):
+    """Celery refusing, in the process that publishes, a delay the broker cannot hold.
+
+    Refused rather than warned: a duplicate run is silent and a warning in a producer's log
+    is rarely read; the caller gets one line saying what to change, and nothing is sent.
+    Every publish goes through ``send_task``: ``delay``, ``apply_async``, canvas, retries.
+    """
+
+    def send_task(self, name, args=None, kwargs=None, countdown=None, eta=None, **options):
+        if problem := delay_problem(self, name, countdown, eta):
+            raise DelayTooLong(problem)
+        return super().send_task(name, args, kwargs, countdown=countdown, eta=eta, **options)
+
+
+class GuardedTask(Task):
+    """Refuses a too-long retry wait before Celery publishes the retry.
+
+    Celery turns an error while publishing a retry into a Reject: the task would be dropped
+    without a failure, so no dead-letter entry. Raised here, it fails the task instead.
+    """
+
+    def retry(
+        self,
+        args=None,
+        kwargs=None,
+        exc=None,
+        throw=True,
+        eta=None,
+        countdown=None,
+        max_retries=None,
+        **options,
+    ):
+        # Celery's own default when neither is given.
+        wait = self.default_retry_delay if not eta and countdown is None else countdown
+        if problem := delay_problem(self.app, self.name, wait, eta):
+            raise DelayTooLong(problem) from exc
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
+
 def make_app() -> Celery:
     settings = get_settings()
-    app = Celery(
+    app = App(
         "{{ cookiecutter.package }}",
+        task_cls=GuardedTask,
         include=[
             "{{ cookiecutter.package }}.tasks.cpu",
             "{{ cookiecutter.package }}.tasks.io",
@@ -55,10 +127,18 @@ def make_app() -> Celery:
     )
     app.conf.update(
         broker_url=settings.broker_url,
-        # kombu's Redis transport with three delivery gaps closed: see broker.py.
-        broker_transport="{{ cookiecutter.package }}.broker:Transport",
-        # Celery's Redis backend, storing a result in one round trip: see results.py.
-        result_backend=f"{{ cookiecutter.package }}.results:Backend+{settings.broker_url}",
+        # The reliability layer (packages/celery-redis-reliable/README.md); RELIABLE_REDIS=false
+        # selects stock kombu and Celery's RedisBackend instead.
+        broker_transport="celery_redis_reliable.transport:Transport"
+        if settings.reliable_redis
+        else "redis",
+        result_backend=(
+            f"celery_redis_reliable.results:Backend+{settings.broker_url}"
+            if settings.reliable_redis
+            else settings.broker_url
+        ),
+        reliable_task_events_flush_interval=settings.task_events_flush_interval,
+        reliable_durable_publish_timeout=settings.durable_publish_timeout,
         # JSON only: a pickled message could run arbitrary code in the worker.
         task_serializer="json",
         result_serializer="json",
@@ -78,6 +158,11 @@ def make_app() -> Celery:
         # The example tasks are idempotent (pure functions and GETs), so a re-run is safe.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # Celery 5's default, said out loud (Celery 6 flips it): a task running when the Redis
+        # connection drops keeps running; its message goes back and may run again (at least
+        # once), and its late ack no longer touches the copy's record (the library's settles).
+        # Cancelling would throw away every long task on each blip.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_time_limit=settings.task_time_limit,
         task_track_started=False,
         # Under gevent every greenlet counts as a thread; a per-thread backend built a
@@ -103,7 +188,7 @@ def make_app() -> Celery:
             # kombu's default of 10 connections starves acks from hundreds of greenlets.
             "max_connections": settings.io_concurrency + 20,
             # redis-py blocks forever by default: a half-open connection would hang the
-            # prefork hub (and its heartbeat) in a record or an ack. Above brpop_timeout (1 s).
+            # prefork hub in a record or an ack. Above brpop_timeout (1 s).
             "socket_timeout": 30,
             "socket_connect_timeout": 5,
             "socket_keepalive": True,
@@ -131,36 +216,9 @@ def make_app() -> Celery:
     )
     app.steps["worker"].add(Heartbeat)
     # Task events in batches under gevent too (see events.py).
-    app.steps["consumer"].add(BufferedTaskEvents)
+    if settings.reliable_redis:
+        app.steps["consumer"].add(BufferedTaskEvents)
     return app
-
-
-class Heartbeat(bootsteps.StartStopStep):
-    """Touch a file every few seconds from the worker's own timer.
-
-    The container health check reads the file's age: a cheap probe that also goes stale
-    when the event loop is blocked (``celery inspect ping`` costs ~0.4 s CPU per probe).
-    """
-
-    requires = ("celery.worker.components:Timer",)
-    interval = 5.0
-
-    def __init__(self, worker, **kwargs):
-        super().__init__(worker, **kwargs)
-        self.path = get_settings().heartbeat_file
-        self.tref = None
-
-    def start(self, worker):
-        self.beat()
-        self.tref = worker.timer.call_repeatedly(self.interval, self.beat)
-
-    def stop(self, worker):
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
-
-    def beat(self):
-        touch(self.path)
 
 
 @signals.worker_init.connect

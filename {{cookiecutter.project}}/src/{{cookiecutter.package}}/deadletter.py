@@ -9,6 +9,9 @@ recorded in the Redis hash ``deadletter``, keyed by task id: name, arguments, qu
 exception, attempts. Keyed by id, a task that is run again after its worker died while
 recording it overwrites its own entry: one entry per task, never two.
 
+At most ``DEADLETTER_MAX`` entries are kept: recording one more drops the oldest (by failure
+time, ``deadletter.index``) and counts them in ``deadletter.dropped`` (a metric and an alert).
+
 ``requeue`` sends an entry back to its queue under the same task id, then removes it, unless
 the task already failed again and wrote a new entry meanwhile. A crash between the two steps
 leaves the entry in place: a second requeue may run the task twice (at least once).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 
@@ -26,14 +30,33 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from {{ cookiecutter.package }}.celery_app import app
+from {{ cookiecutter.package }}.settings import get_settings
+
+logger = logging.getLogger(__name__)
 
 KEY = "deadletter"
+INDEX_KEY = "deadletter.index"  # task id -> failed_at: which entries are the oldest
+DROPPED_KEY = "deadletter.dropped"  # entries dropped at the cap, ever
 PACKAGE_TASKS = "{{ cookiecutter.package }}.tasks."
 
+# Record entry ARGV[2] under id ARGV[1] (failed at ARGV[3]); keep the newest ARGV[4] entries.
+# KEYS: the hash, its index, the dropped counter. Returns how many were dropped.
+RECORD = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+if over <= 0 then return 0 end
+local oldest = redis.call('ZPOPMIN', KEYS[2], over)
+for i = 1, #oldest, 2 do redis.call('HDEL', KEYS[1], oldest[i]) end
+redis.call('INCRBY', KEYS[3], over)
+return over
+"""
+
 # Remove field ARGV[1] only while it still holds ARGV[2]: a requeued task that failed again
-# since keeps its new entry.
+# since keeps its new entry. KEYS: the hash, its index.
 DELETE_IF_UNCHANGED = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+    redis.call('ZREM', KEYS[2], ARGV[1])
     return redis.call('HDEL', KEYS[1], ARGV[1])
 end
 return 0
@@ -57,7 +80,18 @@ def record(sender=None, task_id=None, exception=None, args=None, kwargs=None, **
         "failed_at": time.time(),
         "worker": request.hostname,
     }
-    sender.backend.client.hset(KEY, task_id, json.dumps(entry))
+    store(sender.backend.client, entry, get_settings().deadletter_max)
+
+
+def store(client, entry: dict, keep: int) -> int:
+    """Record ``entry``, keeping the newest ``keep``; returns how many old ones were dropped."""
+    keys, argv = [KEY, INDEX_KEY, DROPPED_KEY], [entry["id"], json.dumps(entry)]
+    dropped = client.eval(RECORD, len(keys), *keys, *argv, entry["failed_at"], keep)
+    if dropped:
+        logger.warning(
+            "dead-letter queue full (DEADLETTER_MAX=%d): dropped the oldest %d", keep, dropped
+        )
+    return dropped
 
 
 def entries() -> dict[str, str]:
@@ -78,12 +112,16 @@ def requeue(selected: dict[str, str]) -> int:
             task_id=task_id,
             queue=entry["queue"] or None,  # None: routed by task_routes
         )
-        delete(keys=[KEY], args=[task_id, raw])
+        delete(keys=[KEY, INDEX_KEY], args=[task_id, raw])
     return len(selected)
 
 
 def purge(selected: dict[str, str]) -> int:
-    return app.backend.client.hdel(KEY, *selected) if selected else 0
+    if not selected:
+        return 0
+    client = app.backend.client
+    client.zrem(INDEX_KEY, *selected)
+    return client.hdel(KEY, *selected)
 
 
 def _text(value: bytes | str) -> str:

@@ -1,6 +1,7 @@
 """Container health checks, kept free of heavy imports: each probe is a fresh process.
 
 python -m {{ cookiecutter.package }}.health heartbeat   # worker, beat: heartbeat file is fresh
+python -m {{ cookiecutter.package }}.health ready       # and the worker's broker answers
 python -m {{ cookiecutter.package }}.health http URL    # Flower / demo API answer 200
 """
 
@@ -13,6 +14,7 @@ import urllib.request
 
 # The worker touches its file every 5 s; three missed beats mean it is stuck or gone.
 MAX_AGE_SECONDS = 15.0
+BROKER_AWAY = "broker-away"  # what a worker's heartbeat holds while Redis does not answer
 
 
 def touch(path: str) -> None:
@@ -20,6 +22,24 @@ def touch(path: str) -> None:
     with open(path, "a"):
         pass
     os.utime(path)
+
+
+def write_beat(path: str, content: str) -> None:
+    """A heartbeat with what the worker saw (heartbeat.py), replaced whole: never half-read."""
+    partial = f"{path}.partial"
+    with open(partial, "w") as out:
+        out.write(content)
+    os.replace(partial, path)
+
+
+def ready_ok(path: str, max_age: float = MAX_AGE_SECONDS) -> bool:
+    if not heartbeat_ok(path, max_age):
+        return False
+    try:
+        with open(path) as beat:
+            return beat.read() != BROKER_AWAY
+    except FileNotFoundError:
+        return False
 
 
 def heartbeat_ok(path: str, max_age: float = MAX_AGE_SECONDS) -> bool:
@@ -39,12 +59,15 @@ def http_ok(url: str, timeout: float = 3.0) -> bool:
 
 
 def main(args: list[str]) -> int:
+    beat = os.environ.get("HEARTBEAT_FILE", "/tmp/worker-heartbeat")
     if args[:1] == ["heartbeat"] and len(args) == 1:
-        return 0 if heartbeat_ok(os.environ.get("HEARTBEAT_FILE", "/tmp/worker-heartbeat")) else 1
+        return 0 if heartbeat_ok(beat) else 1
+    if args[:1] == ["ready"] and len(args) == 1:
+        return 0 if ready_ok(beat) else 1
     if args[:1] == ["http"] and len(args) == 2:
         return 0 if http_ok(args[1]) else 1
     print(
-        "usage: python -m {{ cookiecutter.package }}.health heartbeat | http URL",
+        "usage: python -m {{ cookiecutter.package }}.health heartbeat | ready | http URL",
         file=sys.stderr,
     )
     return 2

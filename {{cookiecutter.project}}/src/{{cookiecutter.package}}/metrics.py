@@ -26,11 +26,13 @@ import time
 
 from celery.bin.celery import celery
 from celery_redis_prometheus import exporter
-from prometheus_client.core import GaugeMetricFamily
+from celery_redis_reliable.transport import TAKEN_SUFFIX
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from {{ cookiecutter.package }}.broker import TAKEN_SUFFIX
 from {{ cookiecutter.package }}.celery_app import app
+from {{ cookiecutter.package }}.deadletter import DROPPED_KEY
+from {{ cookiecutter.package }}.deadletter import KEY as DEADLETTER_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +87,9 @@ class StackCollector(Collector):
                 pipe.llen(queue + TAKEN_SUFFIX)
             pipe.zrange("unacked_index", 0, 0, withscores=True)
             pipe.info("memory")
-            *lengths, oldest, memory = pipe.execute()
+            pipe.hlen(DEADLETTER_KEY)
+            pipe.get(DROPPED_KEY)
+            *lengths, oldest, memory, dead, dropped = pipe.execute()
         yield gauge("celery_broker_up", "1 when Redis answered this scrape", 1)
         waiting = gauge("celery_queue_waiting", "Tasks not taken yet", labels=["queue"])
         taken = gauge("celery_queue_taken", "Entries in <queue>.taken", labels=["queue"])
@@ -98,6 +102,10 @@ class StackCollector(Collector):
         yield gauge("celery_unacked_oldest_age_seconds", "Oldest unacked delivery", age)
         yield gauge("celery_broker_memory_used_bytes", "Redis used_memory", memory["used_memory"])
         yield gauge("celery_broker_memory_max_bytes", "Redis maxmemory", memory["maxmemory"])
+        yield gauge("celery_deadletter_size", "Entries in the dead-letter queue", dead)
+        yield CounterMetricFamily(
+            "celery_deadletter_dropped", "Dead letters dropped at DEADLETTER_MAX", int(dropped or 0)
+        )
 
     def _workers(self):
         family = gauge("celery_worker_concurrency", "Pool size per worker", labels=["worker"])

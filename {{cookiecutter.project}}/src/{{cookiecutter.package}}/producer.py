@@ -24,10 +24,10 @@ from typing import NoReturn
 
 from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
 from celery.exceptions import TimeoutError as CeleryTimeout
+from celery_redis_reliable import durable
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from {{ cookiecutter.package }} import durable
 from {{ cookiecutter.package }}.celery_app import CPU_QUEUE, IO_QUEUE, app
 from {{ cookiecutter.package }}.settings import get_settings
 from {{ cookiecutter.package }}.tasks import cpu, io

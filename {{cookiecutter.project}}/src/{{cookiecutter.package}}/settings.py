@@ -13,7 +13,7 @@ import sys
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -35,6 +35,9 @@ DEFAULT_SECRETS_DIR = "/run/secrets"
 # Values shown in errors are hidden for these variables: they carry passwords. Their
 # validators raise fixed messages only (a parser's message can quote part of the input).
 SECRET_FIELDS = {"redis_url", "redis_password", "flower_password"}
+
+# The values Celery's result backend accepts for a rediss:// URL's ssl_cert_reqs (any case).
+_CERT_REQS = {"required", "optional", "none", "cert_required", "cert_optional", "cert_none"}
 
 # What each variable accepts, appended to its error so the fix is obvious.
 ACCEPTED = {
@@ -62,9 +65,13 @@ ACCEPTED = {
     "beat_lock_timeout": "seconds, an integer from 3 to 600, at least 3 x BEAT_MAX_LOOP_INTERVAL",
     "io_max_retries": "an integer from 0 to 50",
     "retry_backoff_base": "seconds, a number from 0.01 to 60",
-    "retry_backoff_max": "seconds, a number from 0.01 to 3600, below VISIBILITY_TIMEOUT",
+    "retry_backoff_max": (
+        "seconds, a number from 0.01 to 3600, at most VISIBILITY_TIMEOUT - TASK_TIME_LIMIT"
+    ),
     "durable_publish": "true or false (true needs Redis 7.2+ with appendonly yes)",
     "durable_publish_timeout": "seconds, a number above 0 and up to 25",
+    "deadletter_max": "an integer from 1 to 10000000 (entries kept; the oldest are dropped and counted)",
+    "reliable_redis": "true or false",
 }
 
 Concurrency = Annotated[int, Field(ge=1, le=1024)]
@@ -110,13 +117,18 @@ class Settings(BaseSettings):
     # Transient I/O failures: retried this often, waits doubling from the base up to the max.
     io_max_retries: int = Field(5, ge=0, le=50)
     retry_backoff_base: float = Field(1.0, ge=0.01, le=60)
-    # 30 s: below the shortest VISIBILITY_TIMEOUT accepted (60), so the default always fits.
+    # 30 s: fits the shortest VISIBILITY_TIMEOUT accepted (60) with a TASK_TIME_LIMIT up to 30.
     retry_backoff_max: float = Field(30.0, ge=0.01, le=3600)
     # Opt-in: the producer returns only once Redis has fsynced what it published (WAITAOF,
     # Redis 7.2+); otherwise a machine crash can lose the last ~1 s of sent tasks. See durable.py.
     durable_publish: bool = False
     # Below the broker connection's socket_timeout (30 s), which would cut the wait short.
     durable_publish_timeout: float = Field(5.0, gt=0, le=25)
+    # Dead letters kept at most; beyond it the oldest go (counted in deadletter.dropped), so a
+    # bad deploy failing every task cannot fill Redis, where a full Redis stops every worker.
+    deadletter_max: int = Field(10_000, ge=1, le=10_000_000)
+    # false: stock kombu transport and RedisBackend (packages/celery-redis-reliable/README.md).
+    reliable_redis: bool = True
 
     @classmethod
     def settings_customise_sources(
@@ -146,6 +158,14 @@ class Settings(BaseSettings):
             ) from None
         if url.scheme not in ("redis", "rediss") or not url.hostname:
             raise ValueError("not a redis:// or rediss:// URL with a host")
+        if url.scheme == "rediss":
+            # Celery's result backend refuses a rediss:// URL without it, at first use.
+            reqs = parse_qs(url.query).get("ssl_cert_reqs", [""])[-1]
+            if reqs.lower() not in _CERT_REQS:
+                raise ValueError(
+                    "a rediss:// URL needs ?ssl_cert_reqs= set to one of "
+                    "required, optional, none (or CERT_REQUIRED, CERT_OPTIONAL, CERT_NONE)"
+                )
         return value
 
     @field_validator("redis_password", "flower_password")
@@ -206,12 +226,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _retry_wait_below_visibility(self) -> Settings:
-        # A retry waits in the worker as an unacknowledged message: waiting past the
-        # visibility timeout would have Redis hand it to a second worker too.
-        if self.retry_backoff_max >= self.visibility_timeout:
+        # A retry waits in the worker as an unacknowledged message, then runs: waiting plus
+        # running past the visibility timeout would have Redis hand it to a second worker too.
+        # Longer waits are refused at publish time (celery_app.delay_problem).
+        limit = self.visibility_timeout - self.task_time_limit
+        if self.retry_backoff_max > limit:
             raise ValueError(
-                f"RETRY_BACKOFF_MAX={self.retry_backoff_max:g} must be below "
-                f"VISIBILITY_TIMEOUT={self.visibility_timeout}"
+                f"RETRY_BACKOFF_MAX={self.retry_backoff_max:g} must be at most "
+                f"VISIBILITY_TIMEOUT={self.visibility_timeout} - "
+                f"TASK_TIME_LIMIT={self.task_time_limit} = {limit}"
             )
         return self
 

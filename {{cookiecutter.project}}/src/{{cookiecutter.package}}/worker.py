@@ -3,7 +3,7 @@
     python -m {{ cookiecutter.package }}.worker cpu    # prefork (or solo), queue "cpu"
     python -m {{ cookiecutter.package }}.worker io     # gevent (or threads), queue "io"
 
-The kombu internals broker.py relies on and the settings are checked first, then the process
+The settings are checked first (the reliability library checks kombu when imported), then the process
 is replaced by Celery (``exec``) so signals from Docker reach the worker directly.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 
-from {{ cookiecutter.package }}.broker_compat import mismatch
 from {{ cookiecutter.package }}.settings import Settings, get_settings
 
 KINDS = ("cpu", "io")
@@ -85,9 +84,6 @@ def main(args: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    problem = mismatch()
-    if problem:
-        raise SystemExit(problem)  # kombu changed under broker.py: no silent delivery gaps
     settings = get_settings()
     argv = worker_argv(args[0], settings)
     os.execve(argv[0], argv, worker_env(args[0], settings))  # noqa: S606 - become Celery

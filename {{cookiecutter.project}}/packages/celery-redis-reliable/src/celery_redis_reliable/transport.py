@@ -21,6 +21,11 @@ Selected in ``celery_app.py`` with ``broker_transport``; every Celery client of 
 3. A queue entry that is not a kombu JSON envelope (something else wrote to the list) raised
    inside the transport and took the whole worker down. Here it is logged, kept as it was in
    the ``REJECTED_KEY`` list for inspection, and the worker goes on.
+4. With ``appendfsync everysec`` a Redis crash loses its last second of writes, a task's
+   result among them, while an ack deferred or retried past the restart still removed the
+   record: the task was lost (1 of 2,000 in a kill -9 fault row). Each record notes which run
+   of redis-server wrote it (``run_id``); an ack in another run puts the message back instead,
+   so the task runs again (at least once).
 
 Consumers that cannot take with BLMOVE (several queues, priorities, a key prefix, Redis older
 than 6.2) keep kombu's BRPOP, with a warning naming why. ``broker_compat.py`` stops the worker
@@ -69,20 +74,38 @@ REJECTED_KEEP = 1000  # newest entries kept: a flood of garbage cannot fill Redi
 REJECTED_MAX_BYTES = 64 * 1024  # of each entry
 
 BLMOVE_SINCE = (6, 2)
+NO_LIFE_WARNING = (
+    "Redis refuses INFO to scripts: an ack cannot tell a Redis restart, and a result written"
+    " in the last second before a crash (appendfsync everysec) can be lost with its task"
+)
+
+# Which run of redis-server answers (its run_id, new on every start; NO_LIFE if INFO is not
+# allowed). With appendfsync everysec a crash loses the last second of writes, a task's result
+# among them: an ack in a later run than the record must not forget the delivery.
+LIFE = b"""
+local function life()
+    local info = redis.pcall('INFO', 'server')
+    if type(info) ~= 'string' then return '-' end
+    return string.match(info, 'run_id:(%x+)') or '-'
+end
+"""
+NO_LIFE = "-"
 
 # Record a taken message as unacknowledged only if it is still in <queue>.taken. The ZSCORE
-# check makes a retry after a lost reply see its own record.
+# check makes a retry after a lost reply see its own record. Returns the life, or 0.
 # KEYS: taken, unacked_index, unacked. ARGV: entry, score, delivery tag, record.
-RECORD = Script(None, b"""
+RECORD = Script(None, LIFE + b"""
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
     redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
     redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
-    return 1
+    return life()
 end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[3])
-if score and tonumber(score) == tonumber(ARGV[2]) then return 1 end
+if score and tonumber(score) == tonumber(ARGV[2]) then return life() end
 return 0
 """)  # fmt: skip
+
+CURRENT_LIFE = Script(None, LIFE + b"return life()")
 
 # Move an entry of <queue>.taken back onto the queue, unless someone else already did.
 # KEYS: taken, queue. ARGV: entry, LREM count (1: newest first, -1: oldest first).
@@ -102,6 +125,22 @@ redis.call('LPUSH', KEYS[1], ARGV[2])
 redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[3]) - 1)
 return 1
 """)  # fmt: skip
+
+
+# Forget a delivery's record only if it is still this delivery's: kombu keeps a message's tag
+# when it puts it back, so a copy another worker took since has the same tag, a newer score.
+# And only in the life it was recorded in: after a restart, what the task wrote may be gone
+# (returns LIFE_CHANGED, record kept: the caller puts the message back).
+# KEYS: unacked_index, unacked. ARGV: delivery tag, score written when it was recorded, life.
+FORGET = Script(None, LIFE + b"""
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] ~= '-' and life() ~= ARGV[3] then return 2 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+""")  # fmt: skip
+LIFE_CHANGED = 2
 
 
 class Taken(NamedTuple):
@@ -132,31 +171,40 @@ class ProcessState:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.acks: set[str] = set()  # done: forget them in Redis
-        self.restores: set[str] = set()  # put back on their queue
+        # Deliveries, as (tag, score of their record; None if unknown): settled in Redis only
+        # while the record is still theirs. Acks also keep the life they were recorded in.
+        self.acks: set[tuple[str, float | None, str]] = set()  # done: forget them in Redis
+        self.restores: set[tuple[str, float | None]] = set()  # put back on their queue
         self.seen: dict[str, dict[str, float]] = {}  # taken list -> entry digest -> first seen
         self.said: set[str] = set()
 
-    def defer(self, tag: str, requeue: bool) -> None:
+    def defer(
+        self, tag: str, requeue: bool, score: float | None = None, life: str = NO_LIFE
+    ) -> None:
         with self.lock:
-            self.restores.discard(tag)
-            (self.restores if requeue else self.acks).add(tag)
+            self.restores.discard((tag, score))
+            if requeue:
+                self.restores.add((tag, score))
+            else:
+                self.acks.add((tag, score, life))
 
     def settle(self, qos: QoS) -> None:
         """Finish in Redis what failed earlier; a tag that fails again stays for next time."""
-        for pending, finish in ((self.acks, qos.forget), (self.restores, qos.restore_by_tag)):
+        for pending, finish in ((self.acks, qos.forget), (self.restores, qos.restore_owned)):
             with self.lock:
-                tags = list(pending)
-            for tag in tags:
+                deliveries = list(pending)
+            for delivery in deliveries:
                 with self.lock:  # held so an ack cannot move the tag while it is restored
-                    if tag not in pending:
+                    if delivery not in pending:
                         continue
                     try:
-                        finish(tag)
+                        finish(*delivery)
                     except Exception as exc:  # never out of a channel or the consumer loop
-                        logger.warning("task %s not settled in Redis yet: %s", tag, said(exc))
+                        logger.warning(
+                            "task %s not settled in Redis yet: %s", delivery[0], said(exc)
+                        )
                         continue
-                    pending.discard(tag)
+                    pending.discard(delivery)
 
     def stale(self, taken: str, entries: list[bytes], now: float) -> list[bytes]:
         """Entries of ``taken`` this process has seen there for TAKEN_GRACE seconds."""
@@ -238,6 +286,19 @@ class Message(kombu_redis.Channel.Message):
 
 
 class QoS(kombu_redis.QoS):
+    @property
+    def scores(self) -> dict[str, float]:
+        """Delivery tag -> score of the record this channel wrote: what makes it this delivery's."""
+        return self.__dict__.setdefault("_scores", {})
+
+    @property
+    def lives(self) -> dict[str, str]:
+        """Delivery tag -> the life of Redis its record was written in."""
+        return self.__dict__.setdefault("_lives", {})
+
+    def _release(self, delivery_tag: str) -> tuple[float | None, str]:
+        return self.scores.pop(delivery_tag, None), self.lives.pop(delivery_tag, NO_LIFE)
+
     def append(self, message, delivery_tag):
         taken = self.channel.pop_taken()
         delivery = message.delivery_info
@@ -247,29 +308,42 @@ class QoS(kombu_redis.QoS):
         while True:
             try:
                 if taken is None:
-                    self._record(delivery_tag, score, record)
-                elif not self._record_taken(taken, delivery_tag, score, record):
+                    life = self._record(delivery_tag, score, record)
+                elif not (life := self._record_taken(taken, delivery_tag, score, record)):
                     raise PutBack(delivery_tag)
+                if life == NO_LIFE:
+                    STATE.say_once(logging.WARNING, NO_LIFE_WARNING)
+                self.scores[delivery_tag], self.lives[delivery_tag] = score, life
                 return virtual.QoS.append(self, message, delivery_tag)
             except self.channel.connection_errors as exc:
                 if time.monotonic() >= deadline:
-                    where = "left in the taken list" if taken else "lost: not recorded"
+                    # The record may have run with its reply lost (Redis stopping right after
+                    # it; measured in a 90 s outage): put it back once Redis answers, or it
+                    # would wait VISIBILITY_TIMEOUT. Absent, restore_owned does nothing.
+                    STATE.defer(delivery_tag, True, score)
+                    where = "put back once Redis answers" if taken else "lost unless recorded"
                     logger.error(
-                        "task %s %s: %s", (message.headers or {}).get("id"), where, said(exc)
-                    )
+                        "task %s not recorded, %s: %s",
+                        (message.headers or {}).get("id"), where, said(exc),
+                    )  # fmt: skip
                     raise
                 time.sleep(RECORD_RETRY_PAUSE)
 
-    def _record(self, delivery_tag: str, score: float, record: str) -> None:
+    def _record(self, delivery_tag: str, score: float, record: str) -> str:
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: score})
             pipe.hset(self.unacked_key, delivery_tag, record)
-            pipe.execute()  # MULTI/EXEC: all or nothing, and safe to repeat
+            CURRENT_LIFE(client=pipe)
+            return bytes_to_str(pipe.execute()[-1])  # MULTI/EXEC: all or nothing, repeatable
 
-    def _record_taken(self, taken: Taken, delivery_tag: str, score: float, record: str) -> bool:
+    def _record_taken(
+        self, taken: Taken, delivery_tag: str, score: float, record: str
+    ) -> str | None:
+        """The life the record was written in, or None: the entry was no longer taken."""
         keys = [taken.key, self.unacked_index_key, self.unacked_key]
         with self.channel.conn_or_acquire() as client:
-            return bool(RECORD(keys, [taken.raw, repr(score), delivery_tag, record], client))
+            life = RECORD(keys, [taken.raw, repr(score), delivery_tag, record], client)
+        return None if life == 0 else bytes_to_str(life)
 
     def _closed(self) -> bool:
         # kombu detaches a closed channel from its transport: it has no way to Redis left.
@@ -278,20 +352,46 @@ class QoS(kombu_redis.QoS):
     def restore_unacked(self, client=None):
         tags = list(self._delivered)
         try:
-            return super().restore_unacked(client)
+            super().restore_unacked(client)
+            for tag in tags:
+                self._release(tag)
+            return None
         except self.channel.connection_errors as exc:
             for tag in tags:
-                STATE.defer(tag, requeue=True)
+                # Kept: a task still running acks this delivery later, cancelling the restore.
+                STATE.defer(tag, True, self.scores.get(tag))
             self._delivered.clear()
             logger.warning(
                 "%d unacknowledged tasks go back once Redis answers: %s", len(tags), said(exc)
             )
 
     def ack(self, delivery_tag):
-        self._or_defer(delivery_tag, False, partial(super().ack, delivery_tag))
+        self._or_defer(delivery_tag, False, partial(self._ack_owned, delivery_tag))
 
     def reject(self, delivery_tag, requeue=False):
-        self._or_defer(delivery_tag, requeue, partial(super().reject, delivery_tag, requeue))
+        self._or_defer(delivery_tag, requeue, partial(self._reject_owned, delivery_tag, requeue))
+
+    def _reject_owned(self, delivery_tag: str, requeue: bool) -> None:
+        score = self.scores.get(delivery_tag)
+        if requeue:
+            self.restore_owned(delivery_tag, score, leftmost=True)
+        else:
+            self.forget(delivery_tag, score, self.lives.get(delivery_tag, NO_LIFE))
+        virtual.QoS.ack(self, delivery_tag)
+        self._release(delivery_tag)
+
+    def _ack_owned(self, delivery_tag: str) -> None:
+        # A task that outran the visibility timeout was handed to another worker under the same
+        # tag: its ack must leave that worker's record alone.
+        self.forget(
+            delivery_tag, self.scores.get(delivery_tag), self.lives.get(delivery_tag, NO_LIFE)
+        )
+        virtual.QoS.ack(self, delivery_tag)
+        self._release(delivery_tag)
+
+    def restore_by_tag(self, tag, client=None, leftmost=False):
+        # kombu's, limited to this delivery's record when this channel wrote it.
+        self.restore_owned(tag, self.scores.get(tag), client, leftmost)
 
     def _or_defer(self, delivery_tag: str, requeue: bool, settle: Callable[[], None]) -> None:
         if not self._closed():
@@ -299,11 +399,46 @@ class QoS(kombu_redis.QoS):
                 return settle()
             except self.channel.connection_errors as exc:
                 logger.warning("task settled once Redis answers (%s)", said(exc))
-        STATE.defer(delivery_tag, requeue)
+        STATE.defer(delivery_tag, requeue, *self._release(delivery_tag))
         virtual.QoS.ack(self, delivery_tag)  # settled in memory; in Redis by STATE.settle
 
-    def forget(self, delivery_tag: str) -> None:
-        self._remove_from_indices(delivery_tag).execute()
+    def forget(self, delivery_tag: str, score: float | None = None, life: str = NO_LIFE) -> None:
+        """Remove the record of a delivery; with its score, only while it is still its; with
+        its life, only if Redis has not restarted since: else the message goes back."""
+        if score is None:
+            self._remove_from_indices(delivery_tag).execute()
+            return
+        keys = [self.unacked_index_key, self.unacked_key]
+        with self.channel.conn_or_acquire() as client:
+            if FORGET(keys, [delivery_tag, repr(score), life], client) != LIFE_CHANGED:
+                return
+        logger.warning(
+            "task %s finished across a Redis restart: put back to run again, as what it "
+            "wrote before the restart may be lost", self._task_id(delivery_tag)
+        )  # fmt: skip
+        self.restore_owned(delivery_tag, score)
+
+    def _task_id(self, delivery_tag: str) -> str:
+        message = self._delivered.get(delivery_tag)
+        return (getattr(message, "headers", None) or {}).get("id") or delivery_tag
+
+    def restore_owned(self, tag: str, score: float | None, client=None, leftmost=False) -> None:
+        """Put a delivery's message back (kombu's restore_by_tag); with its score, only while
+        the record is still this delivery's: one WATCH/MULTI transaction either way."""
+
+        def restore(pipe):
+            current = pipe.zscore(self.unacked_index_key, tag)
+            raw = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            if score is not None and (current is None or float(current) != score):
+                return  # another delivery's now, or already settled
+            self._remove_from_indices(tag, pipe)
+            if raw:
+                M, EX, RK = loads(bytes_to_str(raw))
+                self.channel._do_restore_message(M, EX, RK, pipe, leftmost)
+
+        with self.channel.conn_or_acquire(client) as client:
+            client.transaction(restore, self.unacked_key, self.unacked_index_key)
 
     def restore_visible(self, *args, **kwargs):
         super().restore_visible(*args, **kwargs)

@@ -7,8 +7,12 @@ of the io worker's CPU for a no-op in a profile. Here one Lua script reads, chec
 publishes; atomic too, so nothing can land between the check and the write.
 
 It overrides ``_store_result``; ``broker_compat`` checks the Celery internals it calls before
-the worker starts. Results must be JSON (``celery_app`` accepts nothing else): the script reads
-the stored status with ``cjson``.
+the worker starts. The script reads the stored status with ``cjson``, so it can only judge plain
+JSON. Any other encoding (``result_serializer`` msgpack, pickle or yaml, or any
+``result_compression``; Celery also reads a compressed value whatever its own setting) is never
+guessed at: when a value is already stored and the script cannot read it, the store falls back to
+Celery's own read-check-write, and a SUCCESS is kept exactly as stock Celery keeps it. A first
+store (nothing there yet) stays one round trip with every encoding.
 """
 
 from __future__ import annotations
@@ -20,12 +24,16 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.objects import cached_property
 
 # KEYS[1] result key; ARGV[1] encoded meta, ARGV[2] expiry in seconds (0: none), ARGV[3] state
-# that must not be overwritten. Returns 1 if stored, 0 if that state was already there.
+# that must not be overwritten, ARGV[4] '1' when this backend writes plain JSON. Returns 1 if
+# stored, 0 if that state was already there, -1 (nothing written) if a value is stored that the
+# script cannot read: the caller then decides in Python, as Celery does.
 STORE = """
 local current = redis.call('GET', KEYS[1])
 if current then
+  if ARGV[4] ~= '1' then return -1 end
   local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' and meta['status'] == ARGV[3] then return 0 end
+  if not ok or type(meta) ~= 'table' then return -1 end
+  if meta['status'] == ARGV[3] then return 0 end
 end
 if ARGV[2] ~= '0' then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -37,8 +45,16 @@ return 1
 """
 
 
+UNREADABLE = -1
+
+
 class Backend(RedisBackend):
     """``RedisBackend`` whose store is one ``EVALSHA``; reads are Celery's own."""
+
+    @cached_property
+    def _plain_json(self) -> bool:
+        # Only then can the script's cjson read what this backend stores.
+        return self.serializer == "json" and not self.compression
 
     @cached_property
     def _store_script(self):
@@ -57,8 +73,13 @@ class Backend(RedisBackend):
         expires = self.failure_expires if state == states.FAILURE else self.expires
         key = self.get_key_for_task(task_id)
         # Connection errors are retried as Celery's own set() retries them.
-        self.ensure(self._store, (key, value, int(expires or 0)))
+        stored = self.ensure(self._store, (key, value, int(expires or 0)))
+        if stored == UNREADABLE:
+            # Celery's own GET, decode in Python, check, then MULTI/SET/PUBLISH.
+            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
         return result
 
     def _store(self, key, value, expires: int) -> int:
-        return self._store_script(keys=[key], args=[value, expires, states.SUCCESS])
+        return self._store_script(
+            keys=[key], args=[value, expires, states.SUCCESS, int(self._plain_json)]
+        )

@@ -4,7 +4,7 @@ With ``appendfsync everysec`` Redis fsyncs its append-only file once a second, s
 whole machine can lose tasks the publisher was already told were sent. ``WAITAOF`` (Redis 7.2+)
 blocks until Redis reports the writes fsynced. Use it from your own code::
 
-    from {{ cookiecutter.package }}.durable import publish_durably
+    from celery_redis_reliable.durable import publish_durably
     results = publish_durably([cpu.count_primes.s(10_000), io.fetch.s(url)])
 
 or publish several calls yourself and wait once, when the block ends::
@@ -24,11 +24,9 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+from celery import current_app
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
-
-from {{ cookiecutter.package }}.celery_app import app
-from {{ cookiecutter.package }}.settings import get_settings
 
 # Written just before each wait, with a short expiry; see wait_for_aof.
 FENCE_KEY = "durable-publish:fence"
@@ -79,7 +77,9 @@ def durable_batch(timeout: float | None = None) -> Iterator:
 
     ``timeout`` defaults to DURABLE_PUBLISH_TIMEOUT. Nothing is waited for if the block raises.
     """
-    timeout = get_settings().durable_publish_timeout if timeout is None else timeout
+    app = current_app  # the app the caller loaded (Celery() makes itself current)
+    if timeout is None:
+        timeout = float(app.conf.get("reliable_durable_publish_timeout", 5.0))
     with app.producer_or_acquire() as producer:
         yield producer
         wait_for_aof(producer.channel.client, timeout)

@@ -22,8 +22,6 @@ from celery import bootsteps
 from celery.events.dispatcher import EventDispatcher
 from celery.worker.consumer.events import Events
 
-from {{ cookiecutter.package }}.settings import get_settings
-
 logger = logging.getLogger(__name__)
 
 GROUP = "task"
@@ -62,7 +60,8 @@ class BufferedTaskEvents(bootsteps.StartStopStep):
         dispatcher.buffer_group = frozenset(dispatcher.buffer_group) | {GROUP}
         self._carry_over(dispatcher)
         self.dispatcher = dispatcher
-        interval = get_settings().task_events_flush_interval
+        # The app sets it from its settings; 0.5 s when it does not.
+        interval = float(c.app.conf.get("reliable_task_events_flush_interval", 0.5))
         self.tref = c.timer.call_repeatedly(interval, self.flush)
 
     def _carry_over(self, dispatcher: EventDispatcher) -> None:
