@@ -263,7 +263,7 @@ class Faults:
         return row
 
     def wait_taken_empty(self, timeout: float = 150) -> str:
-        """Entries taken but never recorded (broker.py: the worker died, or Redis lost the
+        """Entries taken but never recorded (the transport: the worker died, or Redis lost the
         record) go back to their queue after TAKEN_GRACE (60 s): none may stay."""
         started, deadline = time.monotonic(), time.monotonic() + timeout
         taken = self.tool_run("wait", "none", "0", "0")["taken"]
@@ -425,7 +425,7 @@ def test_non_json_and_pickled_messages_are_rejected_and_workers_keep_serving(fau
         print(f"[{service}] " + "\n  ".join(refused[:6]))
         assert re.search(r"untrusted content of type pickle", logs), "pickle not refused"
         assert "Can't decode message body" in logs and "b'{not json'" in logs, "bad JSON not logged"
-        # A list entry that is not even a JSON envelope: logged and kept aside (broker.py);
+        # A list entry that is not even a JSON envelope: logged and kept aside (the transport);
         # in kombu's own transport it took the worker down.
         assert "rejected a queue entry (not JSON" in logs
         assert faults.container(service)["RestartCount"] == restarts[service], "worker restarted"

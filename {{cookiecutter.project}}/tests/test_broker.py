@@ -1,4 +1,4 @@
-"""The transport's delivery fixes (broker.py), against real Redis."""
+"""The transport's delivery fixes (celery_redis_reliable.transport), against real Redis."""
 
 import base64
 import json
@@ -8,7 +8,7 @@ import time
 
 import pytest
 import redis
-from celery_redis_reliable import guard as broker_compat
+from celery_redis_reliable import guard
 from celery_redis_reliable import transport as broker
 from celery_redis_reliable.transport import REJECTED_KEY, Transport
 from kombu import Connection, Exchange, Queue
@@ -615,15 +615,15 @@ def test_broker_connections_time_out():
         assert options[name] and name in kombu_redis.Channel.from_transport_options
 
 
-def test_installed_kombu_fits_broker_py():
-    assert broker_compat.changes() == []
+def test_installed_kombu_fits_the_transport():
+    assert guard.changes() == []
 
 
 # The guard firing on a changed kombu: packages/celery-redis-reliable/tests/test_guard.py.
 
 
 def test_the_stacks_workers_take_with_blmove(redis_url, workers, run_producer):
-    """The workers run broker.py's path: BLMOVE, never kombu's BRPOP."""
+    """The workers run the transport's path: BLMOVE, never kombu's BRPOP."""
     client = redis.Redis.from_url(redis_url)
 
     def calls(command: str) -> int:

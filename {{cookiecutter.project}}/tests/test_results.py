@@ -6,7 +6,7 @@ import pytest
 import redis
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
-from celery_redis_reliable import guard as broker_compat
+from celery_redis_reliable import guard
 from celery_redis_reliable.results import Backend
 
 from {{ cookiecutter.package }}.celery_app import app
@@ -120,8 +120,8 @@ def test_expiry_and_publish_are_celerys(backend, client):
 
 
 def test_installed_celery_fits_results_py():
-    assert broker_compat.changes(broker_compat.CELERY_EXPECTED) == []
-    assert broker_compat.source_changes() == []
+    assert guard.changes(guard.CELERY_EXPECTED) == []
+    assert guard.body_changes() == []
 
 
 # The guard firing on a changed Celery: packages/celery-redis-reliable/tests/test_guard.py.

@@ -182,8 +182,9 @@ def make_app() -> Celery:
             # left tasks of a SIGKILLed worker waiting up to 100 s past the timeout (measured).
             "unacked_restore_interval": 10,
             "unacked_restore_throttle": 1,
-            # One Redis list per queue (no priorities): lets broker.py take a message and keep
-            # it in <queue>.taken in one command (BLMOVE), so a restart cannot lose it.
+            # One Redis list per queue (no priorities): lets the library's transport take a
+            # message and keep it in <queue>.taken in one command (BLMOVE), so a restart
+            # cannot lose it.
             "priority_steps": [0],
             # kombu's default of 10 connections starves acks from hundreds of greenlets.
             "max_connections": settings.io_concurrency + 20,

@@ -9,8 +9,8 @@ Flower's ``/metrics`` gives workers online and tasks running per worker. This mo
 read from Redis on each scrape:
 
 - ``celery_queue_waiting{queue}``: tasks no worker has taken yet (the backlog);
-- ``celery_queue_taken{queue}``: entries in ``<queue>.taken`` (broker.py: taken by a worker,
-  not yet recorded as unacked; they stay there only if something went wrong);
+- ``celery_queue_taken{queue}``: entries in ``<queue>.taken`` (the library's transport: taken by
+  a worker, not yet recorded as unacked; they stay there only if something went wrong);
 - ``celery_unacked_oldest_age_seconds``: age of the oldest unacknowledged delivery;
 - ``celery_broker_up``, ``celery_broker_memory_used_bytes``, ``celery_broker_memory_max_bytes``;
 - ``celery_worker_concurrency{worker}``: pool size per worker (``inspect stats`` once a minute,

@@ -172,16 +172,6 @@ def changes(table: dict[tuple[type, str], str | None] = EXPECTED) -> list[str]:
     return found
 
 
-def source_changes() -> list[str]:
-    """Celery code ``results.py`` replaces whose source is no longer the one it was written for."""
-    found = []
-    for (owner, name), expected in CELERY_SOURCES.items():
-        actual = source_hash(getattr(owner, name))
-        if actual != expected:
-            found.append(f"{owner.__module__}.{owner.__qualname__}.{name} changed ({actual})")
-    return found
-
-
 def _functions():
     """Every guarded attribute that is code, by dotted name."""
     for table in (EXPECTED, CELERY_EXPECTED, CELERY_SOURCES, EVENTS_SOURCES):
@@ -249,19 +239,3 @@ def check() -> None:
         )
         return
     raise SystemExit(line)
-
-
-def mismatch() -> str | None:
-    """One line for the operator if kombu or Celery changed under our overrides, else None."""
-    problems = []
-    if found := changes():
-        problems.append(
-            f"broker.py does not fit kombu {kombu.__version__}: {'; '.join(found)}. "
-            "Install the kombu range pyproject.toml pins, or port broker.py and its tests."
-        )
-    if found := changes(CELERY_EXPECTED) + source_changes():
-        problems.append(
-            f"results.py does not fit celery {celery.__version__}: {'; '.join(found)}. "
-            "Install the celery range pyproject.toml pins, or port results.py and its tests."
-        )
-    return " ".join(problems) or None

@@ -6,8 +6,8 @@ wakes ``AsyncResult.get`` in a MULTI/EXEC transaction: two round trips per task,
 of the io worker's CPU for a no-op in a profile. Here one Lua script reads, checks, writes and
 publishes; atomic too, so nothing can land between the check and the write.
 
-It overrides ``_store_result``; ``broker_compat`` checks the Celery internals it calls before
-the worker starts. The script reads the stored status with ``cjson``, so it can only judge plain
+It overrides ``_store_result``; ``guard.py`` checks the Celery internals it calls when the
+library is imported. The script reads the stored status with ``cjson``, so it can only judge plain
 JSON. Any other encoding (``result_serializer`` msgpack, pickle or yaml, or any
 ``result_compression``; Celery also reads a compressed value whatever its own setting) is never
 guessed at: when a value is already stored and the script cannot read it, the store falls back to

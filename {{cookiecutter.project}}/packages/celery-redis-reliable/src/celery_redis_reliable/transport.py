@@ -1,8 +1,8 @@
 """kombu's Redis transport with its delivery gaps closed.
 
-Selected in ``celery_app.py`` with ``broker_transport``; every Celery client of the app
-(workers, producer, Flower) uses it. Each fix was found by a fault test and is shown by
-``tests/test_broker.py``:
+Selected by the app with ``broker_transport``; every Celery client of the app (workers,
+producer, Flower) uses it. Each fix was found by a fault test and is shown by the generated
+project's ``tests/test_broker.py``:
 
 1. kombu takes a message off the queue (BRPOP) and records it as unacknowledged in a second
    command. A Redis restart in between dropped the message before any worker saw it (1 of
@@ -28,7 +28,7 @@ Selected in ``celery_app.py`` with ``broker_transport``; every Celery client of 
    so the task runs again (at least once).
 
 Consumers that cannot take with BLMOVE (several queues, priorities, a key prefix, Redis older
-than 6.2) keep kombu's BRPOP, with a warning naming why. ``broker_compat.py`` stops the worker
+than 6.2) keep kombu's BRPOP, with a warning naming why. ``guard.py`` stops the process
 when kombu's internals used here change.
 """
 
