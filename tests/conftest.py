@@ -46,6 +46,7 @@ LONGEST_FIRST = (
 # The everyday tier (`uv run pytest -m fast`): units, generation and lint, the generated
 # project's own fast tests; no Docker engine needed.
 FAST = {
+    "test_docs.py",
     "test_hooks.py",
     "test_names.py",
     "test_generation.py",

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from conftest import Stack, run, running_stack
 
-# Test-time knobs (see the generated README, "Tuning"): a short visibility timeout so tasks of a
+# Test-time knobs (see the generated docs/delivery.md, "Tuning"): a short visibility timeout so tasks of a
 # SIGKILLed worker come back within a minute, and a short grace period for `compose stop`.
 FAULT_ENV = {
     "TASK_TIME_LIMIT": "30",

@@ -194,18 +194,17 @@ def test_pre_commit_passes_on_a_fresh_project_and_catches_a_bad_script(tmp_path)
 
 def test_readme_documents_what_users_look_for(default_project):
     readme = (default_project / "README.md").read_text()
+    docs = default_project / "docs"
     mermaid = readme.split("```mermaid", 1)[1].split("```", 1)[0]
     for node in ("producer", "queue cpu", "queue io", "worker-cpu", "worker-io", "Flower"):
         assert node in mermaid, node
-    for heading in (
-        "## Everyday commands",
-        "### Choosing the numbers",
-        "### Scaling out",
-        "## Adding a task",
-        "## Troubleshooting",
-    ):
+    for heading in ("## Run it", "## Where things are", "## Everyday commands", "## Adding a task"):
         assert heading in readme, heading
-    assert "--scale worker-io=3" in readme
-    assert "`-P gevent`" in readme and "blocking I/O" in readme
+    pools = (docs / "pools.md").read_text()
+    assert "### Choosing the numbers" in pools and "### Scaling out" in pools
+    assert "--scale worker-io=3" in pools
+    troubleshooting = (docs / "troubleshooting.md").read_text()
+    assert "`-P gevent`" in troubleshooting and "blocking I/O" in troubleshooting
+    everything = readme + "".join(page.read_text() for page in docs.glob("*.md"))
     for target in MAKE_TARGETS:
-        assert f"make {target}" in readme, target
+        assert f"make {target}" in everything, target
