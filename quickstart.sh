@@ -4,7 +4,8 @@
 # Installs what is missing (Docker engine + Compose v2 through .ci/docker-engine.sh, uv), generates
 # a project into the current folder with the template's defaults (or the options given), brings
 # its stack up, runs the producer once and prints where Flower is and where its login is.
-# Run it again to reuse the generated project: its .env, secrets/ and Redis volume are kept.
+# Run it again to reuse the generated project: its .env, secrets/ and Redis volume are kept;
+# options that differ from the ones it was made with are named in one line, not applied.
 set -euo pipefail
 TEMPLATE=$(cd "$(dirname "$0")" && pwd)
 log() { printf '[quickstart] %s\n' "$*" >&2; }
@@ -69,11 +70,38 @@ from template_answers import project_slug  # noqa: E402
 defaults = json.loads(Path(template, "cookiecutter.json").read_text())
 project = answers.get("project") or project_slug(answers.get("project_name", defaults["project_name"]))
 folder = Path.cwd() / project
+record = folder / ".quickstart.json"  # the options this script generated the project with
+
+
+def effective(given: dict, key: str) -> str:
+    if key in given:
+        return repr(given[key])
+    default = defaults.get(key)
+    default = default[0] if isinstance(default, list) else default
+    return "its default" if "{{" in str(default) else repr(default)
+
+
 if not (folder / ".env").is_file():
     try:
         folder = Path(cookiecutter(template, no_input=True, extra_context=answers))
     except FailedHookException:
         sys.exit(1)  # the hook has printed the one-line reason
+    (folder / ".quickstart.json").write_text(json.dumps(answers, indent=2) + "\n")
+elif record.is_file():
+    before = json.loads(record.read_text())
+    differ = [
+        f"{key}={effective(answers, key)} (it has {effective(before, key)})"
+        for key in sorted(set(answers) | set(before))
+        if effective(answers, key) != effective(before, key)
+    ]
+    if differ:
+        print(f"[quickstart] {project}/ exists with other options, kept as it is: "
+              f"{', '.join(differ)}; to apply them, docker compose down -v in it, remove it, "
+              "and run again", file=sys.stderr)
+elif answers:
+    print(f"[quickstart] {project}/ exists (not made by quickstart), kept as it is: the options "
+          "given are not applied; to apply them, docker compose down -v in it, remove it, and "
+          "run again", file=sys.stderr)
 print(folder, file=result)
 EOF
 }

@@ -60,10 +60,14 @@ def test_quickstart_brings_the_stack_up_and_points_at_flower(compose_stack, tmp_
         assert succeeded_tasks(stack) == 220
         secrets = stack.secret("flower_password"), (stack.path / ".env").read_text()
 
-        again = quickstart(
-            tmp_path, env, f"flower_port={port}"
-        )  # reuses the project, its secrets and its volume
+        # Reuses the project, its secrets and its volume; an option that differs is named.
+        again = quickstart(tmp_path, env, f"flower_port={port}", "io_pool=threads")
         assert again.returncode == 0, again.stderr[-3000:]
+        assert (
+            "[quickstart] task-queue/ exists with other options, kept as it is: "
+            "io_pool='threads' (it has 'gevent'); to apply them, docker compose down -v in it, "
+            "remove it, and run again\n"
+        ) in again.stderr
         assert (stack.secret("flower_password"), (stack.path / ".env").read_text()) == secrets
         assert f"Flower: http://127.0.0.1:{port}\n" in again.stdout
     finally:
@@ -78,3 +82,33 @@ def test_quickstart_refuses_a_bad_argument_in_one_line(tmp_path):
         ' (e.g. project_name="Billing Jobs")\n'
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def generate_only(cwd, *args: str) -> subprocess.CompletedProcess:
+    """quickstart.sh's generate step alone (no engine needed): the folder on stdout."""
+    script = SCRIPT.read_text().rsplit('main "$@"', 1)[0]
+    words = " ".join(f"'{a}'" for a in args)
+    body = f"{script}\nTEMPLATE='{TEMPLATE}'; ARGS=({words}); generate"
+    return run(["bash", "-c", body], cwd=cwd, timeout=300, check=False)
+
+
+def test_a_rerun_names_the_options_it_does_not_apply(tmp_path):
+    first = generate_only(tmp_path, "flower_port=5601")
+    assert first.returncode == 0 and first.stdout.strip() == str(tmp_path / "task-queue")
+    env = (tmp_path / "task-queue" / ".env").read_text()
+    same = generate_only(tmp_path, "flower_port=5601")
+    assert "[quickstart]" not in same.stderr, same.stderr
+    other = generate_only(tmp_path, "io_pool=threads", "flower_port=5601")
+    lines = [ln for ln in other.stderr.splitlines() if ln.startswith("[quickstart]")]
+    assert lines == [
+        "[quickstart] task-queue/ exists with other options, kept as it is: io_pool='threads' "
+        "(it has 'gevent'); to apply them, docker compose down -v in it, remove it, and run again"
+    ]
+    assert (tmp_path / "task-queue" / ".env").read_text() == env  # nothing rewritten
+    # Back to the defaults: the option given the first time is the one that now differs.
+    default = generate_only(tmp_path)
+    assert "flower_port='5555' (it has '5601')" in default.stderr
+    # A project not made by quickstart: options given are not applied, and it says so.
+    (tmp_path / "task-queue" / ".quickstart.json").unlink()
+    plain = generate_only(tmp_path, "io_pool=threads")
+    assert "exists (not made by quickstart), kept as it is" in plain.stderr
