@@ -1,11 +1,14 @@
 """Durable publishing against a real Redis 7.2+ (WAITAOF): the wait, its timeout, its errors.
 
-Redis 7.2+ comes from redis-server on PATH if it is new enough, else from the compose file's
-image (redis:8) run by Docker. The old-server test uses redis-server on PATH (Debian 12: 7.0).
+Redis 7.2+ comes from redis-server on PATH if it is new enough, else from the image compose runs
+for redis (compose.override.yaml's stand-in where quickstart wrote one), run by Docker; where
+the engine has it not and cannot pull it, these tests skip with one line naming why. The
+old-server test uses redis-server on PATH (Debian 12: 7.0).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -14,17 +17,54 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
+import yaml
 from celery_redis_reliable import durable
 
 from conftest import STACK_VARS, RedisServer, wait_until
 
-# The compose stack's Redis; REDIS_IMAGE names another (a mirror, a local copy) where no
-# registry answers.
-REDIS_IMAGE = os.environ.get("REDIS_IMAGE", "redis:8")
 WAITAOF_SINCE = (7, 2)
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def compose_redis_image() -> str:
+    """The image compose runs for redis: REDIS_IMAGE if set, else compose.override.yaml's (the
+    stand-in quickstart writes where no registry answers), else compose.yaml's."""
+    for name in ("compose.override.yaml", "compose.yaml"):
+        path = PROJECT / name
+        if path.is_file():
+            service = (yaml.safe_load(path.read_text()) or {}).get("services", {}).get("redis")
+            if service and service.get("image"):
+                return os.environ.get("REDIS_IMAGE", service["image"])
+    return os.environ.get("REDIS_IMAGE", "redis:8")
+
+
+def docker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@functools.cache
+def pulled(image: str) -> str | None:
+    """None once ``image`` is on the engine (there already, or pulled now), else why not."""
+    if docker("image", "inspect", image).returncode == 0:
+        return None
+    pull = docker("pull", image, timeout=300)
+    return None if pull.returncode == 0 else (pull.stderr.strip().splitlines() or ["?"])[-1]
+
+
+def engine_image() -> str:
+    """The compose Redis image, on this engine or pulled now; a skip naming why if neither."""
+    image = compose_redis_image()
+    if why := pulled(image):
+        pytest.skip(
+            f"durable publishing needs Redis 7.2+ (WAITAOF): redis-server on PATH is "
+            f"{local_version()}, and {image} is not on this Docker engine and cannot be pulled "
+            f"({why}); install Redis 7.2+, or set REDIS_IMAGE to an image the engine has"
+        )
+    return image
 
 
 def local_version() -> tuple[int, int] | None:
@@ -38,11 +78,11 @@ def local_version() -> tuple[int, int] | None:
 class RedisContainer:
     """The compose file's Redis image, run by Docker, published on a free loopback port."""
 
-    def __init__(self, *args: str):
+    def __init__(self, image: str, *args: str):
         self.name = f"test-redis-{secrets.token_hex(6)}"
         password = secrets.token_urlsafe(24)
         cmd = ["docker", "run", "-d", "--rm", "--name", self.name, "-p", "127.0.0.1::6379",
-               REDIS_IMAGE, "redis-server", "--requirepass", password, "--dir", "/tmp", *args]  # fmt: skip
+               image, "redis-server", "--requirepass", password, "--dir", "/tmp", *args]  # fmt: skip
         subprocess.run(cmd, check=True, capture_output=True, timeout=60)
         port = subprocess.run(["docker", "port", self.name, "6379"], check=True,
                               capture_output=True, text=True).stdout.split(":")[-1].strip()  # fmt: skip
@@ -59,11 +99,11 @@ def start_new_redis(tmp_path, *args: str):
         server.options += args  # after the stdin config: they win
         server.start()
     elif shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:  # fmt: skip
-        server = RedisContainer("--save", "", *args)
+        server = RedisContainer(engine_image(), "--save", "", *args)
     else:
         pytest.fail(
             f"durable publishing needs Redis 7.2+ (WAITAOF): redis-server on PATH is "
-            f"{local_version()}, and no Docker engine answers to run {REDIS_IMAGE}"
+            f"{local_version()}, and no Docker engine answers to run {compose_redis_image()}"
         )
     try:
         wait_until(lambda: _pings(server.url), 30, "Redis 7.2+")
