@@ -245,6 +245,24 @@ def test_only_the_redis_clients_and_keda_reach_redis(rendered):
         assert labelled == REDIS_CLIENTS & set(workloads(objects)), variant
 
 
+def test_only_labelled_pods_reach_flower_on_its_port(rendered):
+    for variant, objects in rendered.items():
+        policy = named(objects, "NetworkPolicy")["flower"]
+        flower = workloads(objects)["flower"]
+        selected = policy["spec"]["podSelector"]["matchLabels"]
+        assert selected.items() <= flower["spec"]["template"]["metadata"]["labels"].items()
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        (rule,) = policy["spec"]["ingress"]
+        port = container(flower)["ports"][0]["containerPort"]
+        assert rule["ports"] == [{"port": port, "protocol": "TCP"}], variant
+        assert rule["from"] == [{"podSelector": {"matchLabels": {"flower-client": "true"}}}]
+        # No workload of the stack is a Flower client: it is reached from outside the stack.
+        assert not any(
+            obj["spec"]["template"]["metadata"]["labels"].get("flower-client")
+            for obj in workloads(objects).values()
+        )
+
+
 def test_scaled_objects_follow_each_workers_queue(rendered):
     for variant in ("overlays/production", "overlays/managed-redis"):
         objects = rendered[variant]
