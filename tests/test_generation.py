@@ -105,8 +105,10 @@ def test_yaml_files_parse(project):
 
 def test_compose_config_is_valid(project, require_docker):
     out = run(
-        ["docker", "compose", "--profile", "tools", "config", "--format", "json"], cwd=project
-    ).stdout
+        ["docker", "compose", "--profile", "tools", "--profile", "monitoring", "config",
+         "--format", "json"],
+        cwd=project,
+    ).stdout  # fmt: skip
     config = json.loads(out)
     services = config["services"]
     assert {"redis", "worker-cpu", "worker-io", "flower", "producer"} <= set(services)
@@ -115,10 +117,15 @@ def test_compose_config_is_valid(project, require_docker):
     for kind in ("cpu", "io"):
         assert services[f"worker-{kind}"]["command"] == ["python", "-m", f"{package}.worker", kind]
         assert f'"{package}.worker"' in (project / "tests" / "conftest.py").read_text()
+    # Every service, the monitoring profile's too: loopback ports, no capability, no
+    # privilege gain, and a read-only root but Redis's (as in the Swarm stack).
+    assert {"metrics", "prometheus", "grafana"} <= set(services)
     for name, service in services.items():
         for port in service.get("ports", []):
             assert port["host_ip"] == "127.0.0.1", (name, port)
         assert service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert service.get("read_only") is True or name == "redis", name
     assert "ports" not in services["redis"]
     # CPU batches yield to latency-bound services when cores are scarce.
     assert services["worker-cpu"]["cpu_shares"] < services["worker-io"].get("cpu_shares", 1024)

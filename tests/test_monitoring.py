@@ -128,6 +128,12 @@ def test_prometheus_scrapes_every_target(stack):
     while set(health().values()) != {"up"} and time.monotonic() < deadline:
         time.sleep(2)
     assert health() == {"flower": "up", "metrics": "up", "prometheus": "up"}
+    # ... while hardened like the rest: read-only root, no capability, no privilege gain.
+    s, _ = stack
+    cid = s.compose("ps", "-q", "prometheus").stdout.split()[0]
+    host = json.loads(run(["docker", "inspect", cid], cwd=s.path).stdout)[0]["HostConfig"]
+    assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges:true" in host["SecurityOpt"]
 
 
 def test_workload_metrics_by_queue(stack):
