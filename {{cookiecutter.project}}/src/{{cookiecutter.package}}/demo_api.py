@@ -7,7 +7,8 @@ answers at once. gevent's server keeps thousands of slow requests open in one pr
 
 ``GET /flaky/<key>?fail=K&status=503&retry_after=S`` answers ``status`` (400..599, with a
 ``Retry-After: S`` header if given) to the first K calls for ``key``, then 200: an upstream
-that recovers. ``GET /hits/<key>`` lists when each call for ``key`` arrived (epoch seconds).
+that recovers. ``GET /hits/<key>`` lists when the last calls for ``key`` arrived (epoch
+seconds). Memory stays bounded: the newest ``MAX_KEYS`` keys and ``MAX_HITS`` times per key.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import defaultdict
+from collections import OrderedDict, deque
 from urllib.parse import parse_qs
 
 import gevent
@@ -24,8 +25,20 @@ from gevent.pywsgi import WSGIServer
 MAX_DELAY = 60.0
 FLAKY_LIMITS = {"fail": (0, 1000, 1), "status": (400, 599, 503), "retry_after": (0, 3600, None)}
 
-# key -> arrival time of each call to /flaky/<key>
-HITS: dict[str, list[float]] = defaultdict(list)
+MAX_KEYS = 10_000
+MAX_HITS = 100
+# key -> (calls so far, arrival times of the last MAX_HITS) for /flaky/<key>, oldest key first
+HITS: OrderedDict[str, tuple[int, deque[float]]] = OrderedDict()
+
+
+def _record(key: str) -> int:
+    """Count a call for ``key``; its number. One greenlet at a time runs this (no yield)."""
+    calls, times = HITS.pop(key, (0, deque(maxlen=MAX_HITS)))
+    times.append(time.time())
+    HITS[key] = (calls + 1, times)
+    while len(HITS) > MAX_KEYS:
+        HITS.popitem(last=False)
+    return calls + 1
 
 
 def app(environ, start_response):
@@ -46,7 +59,8 @@ def app(environ, start_response):
     if path.startswith("/flaky/"):
         return _flaky(path.removeprefix("/flaky/"), environ.get("QUERY_STRING", ""), start_response)
     if path.startswith("/hits/"):
-        return _reply(start_response, "200 OK", {"hits": HITS.get(path.removeprefix("/hits/"), [])})
+        _, times = HITS.get(path.removeprefix("/hits/"), (0, ()))
+        return _reply(start_response, "200 OK", {"hits": list(times)})
     return _reply(
         start_response, "404 Not Found", {"error": "try /delay/<s>, /flaky/<key>, /hits/<key>"}
     )
@@ -57,12 +71,12 @@ def _flaky(key: str, query: str, start_response) -> list[bytes]:
         params = _flaky_params(query)
     except ValueError as exc:
         return _reply(start_response, "400 Bad Request", {"error": str(exc)})
-    HITS[key].append(time.time())
-    if len(HITS[key]) > params["fail"]:
-        return _reply(start_response, "200 OK", {"key": key, "call": len(HITS[key])})
+    call = _record(key)
+    if call > params["fail"]:
+        return _reply(start_response, "200 OK", {"key": key, "call": call})
     headers = [] if params["retry_after"] is None else [("Retry-After", str(params["retry_after"]))]
     status = f"{params['status']} Failing on purpose"
-    return _reply(start_response, status, {"key": key, "call": len(HITS[key])}, headers)
+    return _reply(start_response, status, {"key": key, "call": call}, headers)
 
 
 def _flaky_params(query: str) -> dict[str, int | None]:
