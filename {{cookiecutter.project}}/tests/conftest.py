@@ -48,7 +48,8 @@ class RedisServer:
                 "TEST_REDIS_URL stands in for the shared Redis only, not for the tests "
                 "that stop and restart a Redis of their own"
             )
-        self.port, password = free_port(), secrets.token_urlsafe(24)
+        self.port = free_port()
+        self.password = password = secrets.token_urlsafe(24)
         self.config = (
             f'port {self.port}\nbind 127.0.0.1\nsave ""\n'
             f"appendonly {'yes' if appendonly else 'no'}\n"
@@ -156,6 +157,26 @@ class Worker:
         if self.proc.poll() is not None:
             raise RuntimeError(f"worker {self.kind} exited:\n{self.log.read_text()}")
         return self.heartbeat.exists() and "ready." in self.log.read_text()
+
+
+POOLS = {"prefork": "cpu", "solo": "cpu", "gevent": "io", "threads": "io"}  # pool -> kind
+
+
+def start_pools(env: dict, tmp_path: Path, pools=POOLS, **extra: str) -> dict[str, Worker]:
+    """A worker per pool (each in a folder of its own under ``tmp_path``), all ready."""
+    workers = {}
+    try:
+        for pool, kind in pools.items():
+            folder = tmp_path / pool
+            folder.mkdir()
+            variable = "CPU_POOL" if kind == "cpu" else "IO_POOL"
+            workers[pool] = Worker(kind, {**env, variable: pool, **extra}, folder)
+        for pool, worker in workers.items():
+            wait_until(worker.ready, 180, f"{pool} worker")
+    except BaseException:
+        stop(*(w.proc for w in workers.values()))
+        raise
+    return workers
 
 
 @pytest.fixture(scope="session")

@@ -12,17 +12,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import Worker, make_client, stop, wait_until, with_redis
+from conftest import Worker, make_client, start_pools, stop, wait_until, with_redis
 
 pytestmark = pytest.mark.slow  # minutes: a 90 s outage, a 60 s freeze, a task past its limit
 
 CPU = "{{ cookiecutter.package }}.tasks.cpu.count_primes"
 IO = "{{ cookiecutter.package }}.tasks.io.wait_on_api"
-POOLS = {"prefork": "cpu", "solo": "cpu", "gevent": "io", "threads": "io"}
 OUTAGE = 90  # seconds Redis stays away
 PROBE_EVERY = 5  # compose's interval for the workers
 HANG = 600  # safety net: a wait this long is a hang
@@ -54,22 +52,6 @@ def probe(worker: Worker, check: str = "heartbeat") -> bool:
         timeout=60,
     )
     return proc.returncode == 0
-
-
-def start_pools(env: dict, tmp_path: Path, pools=POOLS, **extra: str) -> dict[str, Worker]:
-    workers = {}
-    try:
-        for pool, kind in pools.items():
-            folder = tmp_path / pool
-            folder.mkdir()
-            variable = "CPU_POOL" if kind == "cpu" else "IO_POOL"
-            workers[pool] = Worker(kind, {**env, variable: pool, **extra}, folder)
-        for pool, worker in workers.items():
-            wait_until(worker.ready, 180, f"{pool} worker")
-    except BaseException:
-        stop(*(w.proc for w in workers.values()))
-        raise
-    return workers
 
 
 def test_redis_away_90_s_under_load_fails_no_probe_and_loses_no_task(

@@ -13,15 +13,24 @@ JSON. Any other encoding (``result_serializer`` msgpack, pickle or yaml, or any
 guessed at: when a value is already stored and the script cannot read it, the store falls back to
 Celery's own read-check-write, and a SUCCESS is kept exactly as stock Celery keeps it. A first
 store (nothing there yet) stays one round trip with every encoding.
+
+A full Redis (``maxmemory`` with ``noeviction``) refuses the write. Celery gave up on the
+result at once (it retries connection errors only): the task had run, its result was lost.
+Here the store waits for room, as long as Redis stays full, said once per full period.
 """
 
 from __future__ import annotations
+
+import time
 
 from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.objects import cached_property
+from redis.exceptions import OutOfMemoryError
+
+from . import transport
 
 # KEYS[1] result key; ARGV[1] encoded meta, ARGV[2] expiry in seconds (0: none), ARGV[3] state
 # that must not be overwritten, ARGV[4] '1' when this backend writes plain JSON. Returns 1 if
@@ -46,6 +55,8 @@ return 1
 
 
 UNREADABLE = -1
+FULL_PAUSE_FIRST, FULL_PAUSE_MAX = 0.5, 5.0  # seconds between stores while Redis is full
+STORING = "storing results"
 
 
 class Backend(RedisBackend):
@@ -61,6 +72,20 @@ class Backend(RedisBackend):
         return self.client.register_script(STORE)
 
     def _store_result(self, task_id, result, state, traceback=None, request=None, **kwargs):
+        pause = FULL_PAUSE_FIRST
+        while True:
+            try:
+                stored = self._store_once(task_id, result, state, traceback, request, **kwargs)
+            except OutOfMemoryError as exc:
+                # Holds the task's slot meanwhile; a full Redis hands out no new task anyway.
+                transport.STATE.full_for(STORING, exc)
+                time.sleep(pause)
+                pause = min(pause * 2, FULL_PAUSE_MAX)
+                continue
+            transport.STATE.room_for(STORING)
+            return stored
+
+    def _store_once(self, task_id, result, state, traceback, request, **kwargs):
         meta = self._get_result_meta(
             result=result, state=state, traceback=traceback, request=request
         )

@@ -1,7 +1,7 @@
 """kombu's Redis transport with its delivery gaps closed.
 
-Selected by the app with ``broker_transport``; every Celery client of the app (workers,
-producer, Flower) uses it. Each fix was found by a fault test and is shown by the generated
+Selected by the app with ``broker_transport``; the workers and the producer use it (Flower,
+which consumes nothing it acknowledges, runs on kombu's own). Each fix was found by a fault test and is shown by the generated
 project's ``tests/test_broker.py``:
 
 1. kombu takes a message off the queue (BRPOP) and records it as unacknowledged in a second
@@ -21,7 +21,11 @@ project's ``tests/test_broker.py``:
 3. A queue entry that is not a kombu JSON envelope (something else wrote to the list) raised
    inside the transport and took the whole worker down. Here it is logged, kept as it was in
    the ``REJECTED_KEY`` list for inspection, and the worker goes on.
-4. With ``appendfsync everysec`` a Redis crash loses its last second of writes, a task's
+4. A full Redis (``maxmemory`` with ``noeviction``) refuses BLMOVE: the refusal raised out
+   of the transport and stopped the prefork worker ("Unrecoverable error: OutOfMemoryError").
+   Here a refused take is retried every ``FULL_PAUSE`` seconds, said once per full period;
+   settles Redis refuses then are deferred as after a lost connection.
+5. With ``appendfsync everysec`` a Redis crash loses its last second of writes, a task's
    result among them, while an ack deferred or retried past the restart still removed the
    record: the task was lost (1 of 2,000 in a kill -9 fault row). Each record notes which run
    of redis-server wrote it (``run_id``); an ack in another run puts the message back instead,
@@ -52,6 +56,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.commands.core import Script
+from redis.exceptions import OutOfMemoryError
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,8 @@ SWEEP_LOOK = 500  # entries looked at per sweep, oldest first: bounded cost afte
 REJECTED_KEY = "_kombu.rejected"
 REJECTED_KEEP = 1000  # newest entries kept: a flood of garbage cannot fill Redis
 REJECTED_MAX_BYTES = 64 * 1024  # of each entry
+
+FULL_PAUSE = 1.0  # seconds between takes while Redis is full: nothing to gain from asking faster
 
 BLMOVE_SINCE = (6, 2)
 NO_LIFE_WARNING = (
@@ -177,6 +184,25 @@ class ProcessState:
         self.restores: set[tuple[str, float | None]] = set()  # put back on their queue
         self.seen: dict[str, dict[str, float]] = {}  # taken list -> entry digest -> first seen
         self.said: set[str] = set()
+        self.full: set[str] = set()  # what waits for a full Redis to have room
+
+    def full_for(self, what: str, exc: BaseException) -> None:
+        """Say once per full period that ``what`` waits for room in Redis."""
+        with self.lock:
+            if what in self.full:
+                return
+            self.full.add(what)
+        logger.warning(
+            "Redis is full (maxmemory, noeviction): %s paused until it has room (%s)",
+            what, said(exc),
+        )  # fmt: skip
+
+    def room_for(self, what: str) -> None:
+        if what not in self.full:  # the every-call path: one set look-up
+            return
+        with self.lock:
+            self.full.discard(what)
+        logger.warning("Redis has room again: %s resumed", what)
 
     def defer(
         self, tag: str, requeue: bool, score: float | None = None, life: str = NO_LIFE
@@ -315,7 +341,8 @@ class QoS(kombu_redis.QoS):
                     STATE.say_once(logging.WARNING, NO_LIFE_WARNING)
                 self.scores[delivery_tag], self.lives[delivery_tag] = score, life
                 return virtual.QoS.append(self, message, delivery_tag)
-            except self.channel.connection_errors as exc:
+            except (*self.channel.connection_errors, OutOfMemoryError) as exc:
+                # A full Redis refuses kombu's MULTI record (BRPOP path) as a whole: retried.
                 if time.monotonic() >= deadline:
                     # The record may have run with its reply lost (Redis stopping right after
                     # it; measured in a 90 s outage): put it back once Redis answers, or it
@@ -397,7 +424,7 @@ class QoS(kombu_redis.QoS):
         if not self._closed():
             try:
                 return settle()
-            except self.channel.connection_errors as exc:
+            except (*self.channel.connection_errors, OutOfMemoryError) as exc:
                 logger.warning("task settled once Redis answers (%s)", said(exc))
         STATE.defer(delivery_tag, requeue, *self._release(delivery_tag))
         virtual.QoS.ack(self, delivery_tag)  # settled in memory; in Redis by STATE.settle
@@ -456,6 +483,7 @@ class Channel(kombu_redis.Channel):
         self._swept_at = float("-inf")
         self._redis_version: str | None = None
         self._shared_client = None
+        self._full_until = float("-inf")  # no take before then: Redis was full
         super().__init__(*args, **kwargs)  # has reached Redis (kombu pings it)
         STATE.settle(self.qos)
 
@@ -529,6 +557,11 @@ class Channel(kombu_redis.Channel):
         queue = self._taking = self._blmove_queue()  # set on every start: no stale queue
         if queue is None:
             return super()._brpop_start(timeout)
+        if time.monotonic() < self._full_until:
+            # Nothing sent: the event loop asks again on its next tick (at most a second),
+            # a synchronous consumer after its poll timeout.
+            self._taking = None
+            return None
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
         wait = self.brpop_timeout if timeout is None else timeout
@@ -565,6 +598,11 @@ class Channel(kombu_redis.Channel):
             except self.connection_errors:
                 connection.disconnect()  # reconnect on the next round; the entry waits in .taken
                 raise
+            except OutOfMemoryError as exc:  # refused before it took anything
+                self._full_until = time.monotonic() + FULL_PAUSE
+                STATE.full_for("taking tasks", exc)
+                raise Empty() from None
+            STATE.room_for("taking tasks")
             if not item:
                 raise Empty()
             self._taken = Taken(queue + TAKEN_SUFFIX, item)
@@ -619,9 +657,12 @@ class Channel(kombu_redis.Channel):
             # when every poll returns a reply: a fresh gevent worker never ran it (a kill -9ed
             # io worker's 26 tasks stayed in 'unacked' for the 400 s a test waited).
             kombu_redis.QoS.restore_visible(self.qos, num=self.unacked_restore_limit, interval=1)
+            STATE.room_for("the sweep of unacknowledged tasks")
         except self.connection_errors as exc:
             logger.debug("sweep of the taken list skipped: %s", said(exc))
-        except self.ResponseError as exc:  # e.g. a full noeviction Redis refusing the script
+        except OutOfMemoryError as exc:  # kombu's restore takes a lock with SET NX
+            STATE.full_for("the sweep of unacknowledged tasks", exc)
+        except self.ResponseError as exc:
             logger.warning("sweep of the taken list failed, will retry: %s", said(exc))
 
     def sweep_taken(self) -> None:
