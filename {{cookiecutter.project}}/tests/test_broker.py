@@ -441,6 +441,52 @@ def test_a_record_whose_reply_was_lost_goes_back_once_redis_answers(private_redi
     assert client.llen("lostreply") == 0 and client.hlen("unacked") == 0
 
 
+def test_a_record_retried_after_its_reply_was_lost_runs_the_task_once(private_redis, monkeypatch):
+    """The record ran, its reply was lost, and the retry finds the entry gone from the taken
+    list: the record there is its own (same tag and score), so the task runs here."""
+    queue = Queue("retried", Exchange("retried"), routing_key="retried")
+    client = redis.Redis.from_url(private_redis.url)
+    monkeypatch.setattr(broker, "RECORD_RETRY_PAUSE", 0)
+    with connect(private_redis.url) as conn:
+        publish(conn, queue, {"n": 1})
+        qos = conn.default_channel.qos
+        record, lives = qos._record_taken, []
+
+        def first_reply_lost(*args):
+            lives.append(record(*args))
+            if len(lives) == 1:
+                raise redis.ConnectionError("Connection closed by server.")
+            return lives[-1]
+
+        monkeypatch.setattr(qos, "_record_taken", first_reply_lost)
+        (message,) = consume(conn, queue)
+        assert len(lives) == 2 and lives[0] == lives[1] != broker.NO_LIFE
+        assert (client.llen("retried.taken"), client.hlen("unacked")) == (0, 1)
+        message.ack()
+    assert (client.llen("retried"), client.hlen("unacked")) == (0, 0)
+
+
+def test_a_worker_that_is_never_idle_restores_a_dead_workers_tasks(private_redis, monkeypatch):
+    """kombu restores overdue unacknowledged tasks (a worker killed outright) only after a poll
+    that returned nothing: a gevent worker with a steady stream never did. Restored before the
+    next take, the dead worker's task comes first."""
+    queue = Queue("orphans", Exchange("orphans"), routing_key="orphans")
+    client = redis.Redis.from_url(private_redis.url)
+    monkeypatch.setattr(broker, "SWEEP_EVERY", 0)
+    with connect(private_redis.url) as dead:
+        publish(dead, queue, {"n": "orphan"})
+        (orphan,) = consume(dead, queue)
+        dead.default_channel.qos._delivered.clear()  # as after kill -9: nothing restores it
+    client.zadd("unacked_index", {orphan.delivery_tag: time.time() - 3600})
+    options = {**OPTIONS, "visibility_timeout": 60}
+    with Connection(private_redis.url, transport=Transport, transport_options=options) as conn:
+        publish(conn, queue, *({"n": n} for n in range(3)))
+        got = consume(conn, queue)  # every take finds a message: never an idle poll
+        assert [m.payload["n"] for m in got] == ["orphan"]
+        assert client.llen("orphans") == 3
+        got[0].ack()
+
+
 def test_failed_ack_on_a_live_channel_is_settled_without_a_reconnect(private_redis, monkeypatch):
     """An ack that failed (Redis away for a moment) is done by the channel's periodic hook,
     not left to re-run the task after the visibility timeout."""
