@@ -261,3 +261,11 @@ def test_rediss_url_with_ssl_cert_reqs_builds_the_backend(clean_env, value):
 
     # Celery's own check on the URL, with no connection made.
     Celery(backend=Settings().broker_url).backend  # noqa: B018
+
+
+def test_tls_options_pass_a_rediss_urls_ssl_parameters_on():
+    from {{ cookiecutter.package }}.celery_app import tls_options
+
+    url = "rediss://:pw@redis:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem&health=1"
+    assert tls_options(url) == {"ssl_cert_reqs": "required", "ssl_ca_certs": "/ca.pem"}
+    assert tls_options("redis://:pw@redis:6379/0?ssl_cert_reqs=required") is None

@@ -1,12 +1,13 @@
 """The Celery app: queues, routes and per-pool tuning, all in one place.
 
-Figures quoted below were measured on a 2-core machine (celery 5.7, gevent 26.9, Redis 7).
+What each setting bought, measured, is in docs/benchmark.md ("Figures behind the settings").
 """
 
 from __future__ import annotations
 
 import os
 from datetime import datetime
+from urllib.parse import parse_qsl, urlsplit
 
 from celery import Celery, Task, signals
 from celery.concurrency import get_implementation
@@ -115,6 +116,14 @@ class GuardedTask(Task):
         return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
 
+def tls_options(url: str) -> dict[str, str] | None:
+    """The ssl_* parameters of a rediss:// URL (None for redis://)."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    return {k: v for k, v in parse_qsl(parts.query) if k.startswith("ssl_")}
+
+
 def make_app() -> Celery:
     settings = get_settings()
     app = App(
@@ -166,7 +175,7 @@ def make_app() -> Celery:
         task_time_limit=settings.task_time_limit,
         task_track_started=False,
         # Under gevent every greenlet counts as a thread; a per-thread backend built a
-        # Redis pool per task (224 -> 532 tasks/s when shared).
+        # Redis pool per task (over twice the throughput when shared).
         result_backend_thread_safe=True,
         result_expires=settings.result_expires,
         result_extended=False,
@@ -175,6 +184,8 @@ def make_app() -> Celery:
         # metrics by queue and time waiting in the queue need it (metrics.py).
         task_send_sent_event=settings.task_events,
         broker_connection_retry_on_startup=True,
+        # Flower's broker page builds its own Redis client from this alone, not from the URL.
+        broker_use_ssl=tls_options(settings.broker_url),
         broker_transport_options={
             # Redis re-delivers a task not acked within this time: keep it above the longest task.
             "visibility_timeout": settings.visibility_timeout,
@@ -230,9 +241,9 @@ def _record_pool(sender=None, **kwargs):
 
 
 # Niceness of the processes running CPU-bound tasks (prefork children; a solo worker itself).
-# Saturating every core, they delayed the io worker sharing the machine: I/O p99 during a CPU
-# flood went from 1.46 s to 0.73 s for 0.5 s calls, the CPU batch's makespan unchanged
-# (benchmark, mixed scenario). Across containers the kernel weighs cgroups, not niceness:
+# Saturating every core, they delayed the io worker sharing the machine: niced, the I/O p99
+# during a CPU flood halved, the CPU batch's makespan unchanged (benchmark, mixed scenario).
+# Across containers the kernel weighs cgroups, not niceness:
 # give compose services cpu_shares for the same effect.
 CPU_CHILD_NICE = 10
 

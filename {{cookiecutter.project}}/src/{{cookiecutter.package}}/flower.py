@@ -33,6 +33,10 @@ def main(args: list[str] | None = None) -> int:
     os.environ["FLOWER_BASIC_AUTH"] = basic_auth(get_settings())
     from {{ cookiecutter.package }}.celery_app import app
 
+    # Flower's broker page picks its Redis client by the broker URL's scheme, and the reliable
+    # transport's URL says its class path ("not supported"). Flower needs none of it: it only
+    # reads events and sends broadcasts, with no acknowledged consumer to record.
+    app.conf.broker_transport = "redis"
     return app.start(["flower", *args]) or 0
 
 
