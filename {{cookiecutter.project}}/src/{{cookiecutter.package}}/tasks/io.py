@@ -24,8 +24,8 @@ _pool: urllib3.PoolManager | None = None
 def http() -> urllib3.PoolManager:
     """One keep-alive pool per worker process, as large as the pool's concurrency.
 
-    urllib3 directly, not requests: 0.8 ms of CPU per GET instead of 1.5 ms (measured here),
-    and CPU per task is what caps one gevent process.
+    urllib3 directly, not requests: about half the CPU per GET (docs/benchmark.md), and CPU
+    per task is what caps one gevent process.
     """
     global _pool
     if _pool is None:
