@@ -21,9 +21,10 @@ from conftest import base_image, generate, run
 
 pytestmark = pytest.mark.docker
 
-# The runner image's tools the job uses without installing them. apt-get is there in both.
+# The runner image's tools the job uses without installing them (make; openssl for the TLS
+# test's certificates). apt-get is there in both.
 RUNNER_PREP = (
-    "apt-get update -qq && apt-get install -y -qq --no-install-recommends make >/dev/null"
+    "apt-get update -qq && apt-get install -y -qq --no-install-recommends make openssl >/dev/null"
     " && printf '#!/bin/sh\\nexec \"$@\"\\n' > /usr/local/bin/sudo && chmod +x /usr/local/bin/sudo"
 )
 # What astral-sh/setup-uv does for this job: uv on PATH, its Python chosen by UV_PYTHON.
