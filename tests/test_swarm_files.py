@@ -87,6 +87,24 @@ def test_ipvs_override_covers_every_service(project):
     assert all("endpoint_mode" not in s.get("deploy", {}) for s in stack.values())
 
 
+def test_encryption_override_encrypts_the_stacks_network_only(project):
+    if shutil.which("docker") is None:
+        pytest.fail("the docker client is needed (.ci/docker-engine.sh installs it)")
+    swarm = project / "deploy" / "swarm"
+    plain = load(swarm / "stack.yaml")["networks"]["default"]
+    assert "driver_opts" not in plain
+    # Only the network, and all of it: docker stack replaces a network whole when merging.
+    assert load(swarm / "stack.encrypted.yaml") == {
+        "networks": {"default": {**plain, "driver_opts": {"encrypted": "true"}}}
+    }
+    files = ["-c", "deploy/swarm/stack.yaml", "-c", "deploy/swarm/stack.encrypted.yaml"]
+    env = {**os.environ, "IMAGE": "registry.example/app:1.2", "FLOWER_USER": "ops"}
+    out = yaml.safe_load(run(["docker", "stack", "config", *files], cwd=project, env=env).stdout)
+    network = out["networks"]["default"]
+    assert network["driver"] == "overlay" and network["driver_opts"] == {"encrypted": "true"}
+    assert network["attachable"] is True
+
+
 @pytest.mark.parametrize("override", [False, True])
 def test_docker_stack_config_accepts_the_stack(project, override):
     if shutil.which("docker") is None:
