@@ -31,10 +31,21 @@ def make_certs(folder: Path) -> dict[str, Path]:
         pytest.fail("openssl not found: install it (apt-get install openssl)")
     files = {name: folder / name for name in ("ca.key", "ca.crt", "server.key", "server.csr",
                                               "server.crt", "san.ext")}  # fmt: skip
-    files["san.ext"].write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    # Python 3.13 verifies strictly (VERIFY_X509_STRICT): a CA and a leaf with every extension
+    # a real one has, or the handshake fails.
+    files["san.ext"].write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+        "subjectKeyIdentifier=hash\n"
+    )
     for command in (
         ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", files["ca.key"],
-         "-out", files["ca.crt"], "-subj", "/CN=test CA", "-days", "1"],
+         "-out", files["ca.crt"], "-subj", "/CN=test CA", "-days", "1",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
         ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", files["server.key"],
          "-out", files["server.csr"], "-subj", "/CN=localhost"],
         ["x509", "-req", "-in", files["server.csr"], "-CA", files["ca.crt"], "-CAkey",
