@@ -46,7 +46,8 @@ def make_test(project: Path, env: dict[str, str], marks: str) -> str:
         ["make", "test", f"ARGS=-q -s -p no:cacheprovider -m '{marks}'"],
         cwd=project,
         env=env,
-        timeout=900,
+        # A safety net against a hang: the slow tier takes ~7 min here idle, twice that loaded.
+        timeout=2400,
     )
     summary = proc.stdout.strip().splitlines()[-1]
     print(f"-m {marks!r}: {summary} ({len(ids)} selected)")

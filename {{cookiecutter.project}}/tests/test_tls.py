@@ -131,8 +131,13 @@ def test_every_process_of_the_stack_runs_on_a_tls_only_redis(tls_redis, stack_en
         flower_log = tmp_path / "flower.log"
         wait_until(lambda: serves(queues, flower_log, others["flower"], **auth), START,
                    "Flower's queue lengths over TLS")  # fmt: skip
-        body = urllib3.request("GET", queues, headers=auth, timeout=10).json()
-        assert {q["name"] for q in body["active_queues"]} >= {"cpu", "io"}, body
+
+        def both_queues() -> bool:
+            # Flower lists the queues of the workers it has heard of: both, once both answered.
+            body = urllib3.request("GET", queues, headers=auth, timeout=10).json()
+            return {q["name"] for q in body["active_queues"]} >= {"cpu", "io"}
+
+        wait_until(both_queues, START, "Flower listing both queues' lengths")
 
         metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         metrics_log = tmp_path / "metrics.log"
