@@ -487,6 +487,30 @@ def test_a_worker_that_is_never_idle_restores_a_dead_workers_tasks(private_redis
         got[0].ack()
 
 
+def test_a_channel_closing_after_its_connection_let_go_defers_its_restore(private_redis):
+    """kombu's close() restores a channel's unacked tasks after the connection may already have
+    let go of the transport (a threads worker exited so, "Unrecoverable error: AttributeError",
+    in a Redis outage): the restore is deferred instead."""
+    queue = Queue("detached", Exchange("detached"), routing_key="detached")
+    client = redis.Redis.from_url(private_redis.url)
+    with connect(private_redis.url) as conn:
+        publish(conn, queue, {"n": 1})
+        (message,) = consume(conn, queue)
+        channel = conn.default_channel
+        transport_client, channel.connection.client = channel.connection.client, None
+        channel._disconnect_pools()
+        try:
+            channel.qos.restore_unacked()
+        finally:
+            channel.connection.client = transport_client
+        assert (message.delivery_tag, channel.qos.scores.get(message.delivery_tag)) in (
+            broker.STATE.restores
+        )
+        assert client.hlen("unacked") == 1  # still recorded: put back when Redis answers
+        broker.STATE.settle(channel.qos)
+    assert client.llen("detached") == 1 and client.hlen("unacked") == 0
+
+
 def test_failed_ack_on_a_live_channel_is_settled_without_a_reconnect(private_redis, monkeypatch):
     """An ack that failed (Redis away for a moment) is done by the channel's periodic hook,
     not left to re-run the task after the visibility timeout."""

@@ -56,6 +56,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.commands.core import Script
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 
 logger = logging.getLogger(__name__)
@@ -496,6 +497,10 @@ class Channel(kombu_redis.Channel):
         if client:
             yield client
             return
+        if self._pool is None and getattr(self.connection, "client", None) is None:
+            # Closing: kombu has detached the channel (seen on a Redis outage, from the restore
+            # in close()). Said as a lost connection, so the caller defers what it settles.
+            raise RedisConnectionError("channel closed: no connection to Redis left")
         shared = self._shared_client
         if shared is None or shared.connection_pool is not self.pool:
             shared = self._shared_client = self._create_client()
