@@ -1,8 +1,8 @@
 """kombu's Redis transport with its delivery gaps closed.
 
 Selected by the app with ``broker_transport``; the workers and the producer use it (Flower,
-which consumes nothing it acknowledges, runs on kombu's own). Each fix was found by a fault test and is shown by the generated
-project's ``tests/test_broker.py``:
+which consumes nothing it acknowledges, runs on kombu's own). Each fix was found by a fault
+test and is shown by the generated project's ``tests/test_broker.py``:
 
 1. kombu takes a message off the queue (BRPOP) and records it as unacknowledged in a second
    command. A Redis restart in between dropped the message before any worker saw it (1 of
@@ -80,6 +80,7 @@ REJECTED_KEEP = 1000  # newest entries kept: a flood of garbage cannot fill Redi
 REJECTED_MAX_BYTES = 64 * 1024  # of each entry
 
 FULL_PAUSE = 1.0  # seconds between takes while Redis is full: nothing to gain from asking faster
+TAKING, SWEEPING = "taking tasks", "the sweep of unacknowledged tasks"  # what a full Redis pauses
 
 BLMOVE_SINCE = (6, 2)
 NO_LIFE_WARNING = (
@@ -605,9 +606,9 @@ class Channel(kombu_redis.Channel):
                 raise
             except OutOfMemoryError as exc:  # refused before it took anything
                 self._full_until = time.monotonic() + FULL_PAUSE
-                STATE.full_for("taking tasks", exc)
+                STATE.full_for(TAKING, exc)
                 raise Empty() from None
-            STATE.room_for("taking tasks")
+            STATE.room_for(TAKING)
             if not item:
                 raise Empty()
             self._taken = Taken(queue + TAKEN_SUFFIX, item)
@@ -662,11 +663,11 @@ class Channel(kombu_redis.Channel):
             # when every poll returns a reply: a fresh gevent worker never ran it (a kill -9ed
             # io worker's 26 tasks stayed in 'unacked' for the 400 s a test waited).
             kombu_redis.QoS.restore_visible(self.qos, num=self.unacked_restore_limit, interval=1)
-            STATE.room_for("the sweep of unacknowledged tasks")
+            STATE.room_for(SWEEPING)
         except self.connection_errors as exc:
             logger.debug("sweep of the taken list skipped: %s", said(exc))
         except OutOfMemoryError as exc:  # kombu's restore takes a lock with SET NX
-            STATE.full_for("the sweep of unacknowledged tasks", exc)
+            STATE.full_for(SWEEPING, exc)
         except self.ResponseError as exc:
             logger.warning("sweep of the taken list failed, will retry: %s", said(exc))
 
