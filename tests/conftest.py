@@ -35,6 +35,7 @@ LONGEST_FIRST = (
     "test_faults.py",
     "test_swarm.py",
     "test_generated_suite.py",
+    "test_generated_library.py",
     "test_monitoring.py",
     "test_k8s_containers.py",
     "test_compose_e2e.py",

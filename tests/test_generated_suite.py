@@ -23,6 +23,10 @@ ANSWERS = {
 }
 
 
+# Run apart so that the fast tier's longest test is split in two, each on its own xdist worker.
+APP_TESTS, LIBRARY_TESTS = ("tests",), ("packages",)
+
+
 def collected(project: Path, env: dict[str, str], *args: str) -> list[str]:
     """Node ids pytest collects in the project, the way `make test` would run them."""
     cmd = ["uv", "run", "--locked", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
@@ -38,12 +42,13 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return project, env
 
 
-def make_test(project: Path, env: dict[str, str], marks: str) -> str:
-    """`make test` with a marker expression; asserts every test it selects passed."""
-    ids = collected(project, env, "-m", marks)
-    assert ids, f"no test selected by -m {marks!r}"
+def make_test(project: Path, env: dict[str, str], marks: str, *paths: str) -> str:
+    """`make test` with a marker expression (and test folders, else pytest's testpaths);
+    asserts every test it selects passed."""
+    ids = collected(project, env, "-m", marks, *paths)
+    assert ids, f"no test selected by -m {marks!r} {' '.join(paths)}"
     proc = run(
-        ["make", "test", f"ARGS=-q -s -p no:cacheprovider -m '{marks}'"],
+        ["make", "test", f"ARGS=-q -s -p no:cacheprovider -m '{marks}' {' '.join(paths)}"],
         cwd=project,
         env=env,
         # A safety net against a hang: the slow tier takes ~7 min here idle, twice that loaded.
@@ -52,7 +57,7 @@ def make_test(project: Path, env: dict[str, str], marks: str) -> str:
     summary = proc.stdout.strip().splitlines()[-1]
     print(f"-m {marks!r}: {summary} ({len(ids)} selected)")
     # All of them passed: nothing failed, errored, skipped or xfailed.
-    assert re.fullmatch(rf"{len(ids)} passed, \d+ deselected(, \d+ warnings?)? in .*", summary), (
+    assert re.fullmatch(rf"{len(ids)} passed(, \d+ deselected)?(, \d+ warnings?)? in .*", summary), (
         summary
     )
     return proc.stdout
@@ -69,7 +74,12 @@ def test_generated_fast_tests_pass(project):
     assert files and {i.split("::")[0] for i in everything} == files
     fast, slow = collected(path, env, "-m", "not slow"), collected(path, env, "-m", "slow")
     assert sorted(fast + slow) == sorted(everything) and slow
-    out = make_test(path, env, "not slow")
+    # The app's fast tests here, the library's beside them (test_generated_library.py): between
+    # them, every fast test.
+    app = collected(path, env, "-m", "not slow", *APP_TESTS)
+    library = collected(path, env, "-m", "not slow", *LIBRARY_TESTS)
+    assert sorted(app + library) == sorted(fast) and library
+    out = make_test(path, env, "not slow", *APP_TESTS)
     peak = [line for line in out.splitlines() if "in flight" in line]
     assert peak, "the concurrency test did not report its figures"
     print(peak[0].strip("."))

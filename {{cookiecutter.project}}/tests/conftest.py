@@ -8,8 +8,6 @@ the shared one; tests that stop and restart Redis always start a redis-server of
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,11 +15,12 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-import redis
+from celery_redis_reliable.fixtures import private_redis, redis_url
+from celery_redis_reliable.testing import RedisServer
 
 from {{ cookiecutter.package }}.settings import Settings
 
-from bench.procs import free_port, start_demo_api, stop, wait_until
+from bench.procs import start_demo_api, stop, wait_until
 
 # Unit tests import the app, which reads settings at import: give them a syntactically
 # valid URL that nothing listens on. Integration fixtures set the real one.
@@ -31,79 +30,8 @@ os.environ.setdefault("REDIS_URL", "redis://:unit-tests@127.0.0.1:9/0")
 # the caller's shell into the stack under test.
 STACK_VARS = frozenset(name.upper() for name in Settings.model_fields) | {"SECRETS_DIR"}
 
-
-class RedisServer:
-    """A redis-server that can be stopped and started again on the same port.
-
-    Its config, password included, goes in on stdin: nothing secret on a command line (`ps`).
-    Ready means it answers PING with this password, so a foreign server that took the port
-    in between is never mistaken for it.
-    """
-
-    def __init__(self, workdir: Path, appendonly: bool = False):
-        self.server = shutil.which("redis-server")
-        if self.server is None:
-            pytest.fail(
-                "redis-server not found: install it (apt-get install redis-server); "
-                "TEST_REDIS_URL stands in for the shared Redis only, not for the tests "
-                "that stop and restart a Redis of their own"
-            )
-        self.port = free_port()
-        self.password = password = secrets.token_urlsafe(24)
-        self.config = (
-            f'port {self.port}\nbind 127.0.0.1\nsave ""\n'
-            f"appendonly {'yes' if appendonly else 'no'}\n"
-            f'requirepass {password}\ndir "{workdir}"\n'
-        )
-        self.url = f"redis://:{password}@127.0.0.1:{self.port}/0"
-        self.options: list[str] = []  # command-line options, e.g. --appendfsync always: they win
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            [self.server, "-", *self.options],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
-        self.proc.stdin.write(self.config)
-        self.proc.stdin.close()  # redis-server reads its config up to end of input
-        try:
-            wait_until(self.answers, 10, "redis-server")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def answers(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited ({self.proc.returncode}): port taken?")
-        try:
-            return redis.Redis.from_url(self.url, socket_timeout=1).ping()
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory) -> Iterator[str]:
-    if os.environ.get("TEST_REDIS_URL"):
-        yield os.environ["TEST_REDIS_URL"]
-        return
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
-
-
-@pytest.fixture
-def private_redis(tmp_path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own, to stop and start; persistent, as in compose."""
-    server = RedisServer(tmp_path, appendonly=True).start()
-    yield server
-    server.stop()
+# Re-exported: the fixtures, for pytest to find here, and RedisServer, for the test modules.
+__all__ = ["RedisServer", "private_redis", "redis_url"]
 
 
 @pytest.fixture(scope="session")

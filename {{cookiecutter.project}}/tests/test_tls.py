@@ -16,7 +16,8 @@ import pytest
 import redis
 import urllib3
 
-from conftest import RedisServer, Worker, free_port, stop, wait_until, with_redis
+from bench.procs import free_port
+from conftest import RedisServer, Worker, stop, wait_until, with_redis
 
 pytestmark = pytest.mark.slow  # seven processes, each connecting over TLS
 

@@ -2,7 +2,7 @@
 
 Selected by the app with ``broker_transport``; the workers and the producer use it (Flower,
 which consumes nothing it acknowledges, runs on kombu's own). Each fix was found by a fault
-test and is shown by the generated project's ``tests/test_broker.py``:
+test and is shown by ``tests/test_transport.py`` (this library's):
 
 1. kombu takes a message off the queue (BRPOP) and records it as unacknowledged in a second
    command. A Redis restart in between dropped the message before any worker saw it (1 of

@@ -1,4 +1,4 @@
-"""The transport's delivery fixes (celery_redis_reliable.transport), against real Redis."""
+"""The transport's delivery fixes (celery_redis_reliable.transport), against a real redis-server."""
 
 import base64
 import json
@@ -10,15 +10,11 @@ import pytest
 import redis
 from celery_redis_reliable import guard
 from celery_redis_reliable import transport as broker
+from celery_redis_reliable.testing import wait_until
 from celery_redis_reliable.transport import REJECTED_KEY, Transport
 from kombu import Connection, Exchange, Queue
-from kombu.transport import redis as kombu_redis
 
-from {{ cookiecutter.package }}.celery_app import app
-
-from conftest import wait_until
-
-# As the app configures it: one list per queue, which lets the worker take with BLMOVE.
+# As the generated app configures it: one list per queue, which lets the worker take with BLMOVE.
 OPTIONS = {"priority_steps": [0]}
 
 
@@ -678,54 +674,8 @@ def test_consumer_of_several_queues_warns_once_why_it_uses_brpop(private_redis, 
     ]
 
 
-def test_broker_connections_time_out():
-    """A half-open connection must not block a worker forever: every option is one kombu reads."""
-    options = app.conf.broker_transport_options
-    for name in ("socket_timeout", "socket_connect_timeout", "socket_keepalive"):
-        assert options[name] and name in kombu_redis.Channel.from_transport_options
-
-
 def test_installed_kombu_fits_the_transport():
     assert guard.changes() == []
-
-
-# The guard firing on a changed kombu: packages/celery-redis-reliable/tests/test_guard.py.
-
-
-def test_the_stacks_workers_take_with_blmove(redis_url, workers, run_producer):
-    """The workers run the transport's path: BLMOVE, never kombu's BRPOP."""
-    client = redis.Redis.from_url(redis_url)
-
-    def calls(command: str) -> int:
-        return client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
-
-    before = calls("blmove"), calls("brpop")
-    proc = run_producer("--cpu", "2", "--io", "4", "--cpu-limit", "1000", "--io-delay", "0")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    blmove, brpop = calls("blmove") - before[0], calls("brpop") - before[1]
-    # Idle workers poll with BLMOVE too, so its count alone proves little: no BRPOP does.
-    assert blmove > 0 and brpop == 0, (blmove, brpop)
-    for worker in workers.values():
-        assert "kombu's BRPOP" not in worker.log.read_text()
-
-
-ENTRIES = ["this is not JSON", "[1,2]", '{"body":"no properties"}']
-
-
-def test_entries_that_are_not_messages_are_kept_aside_and_workers_go_on(
-    redis_url, workers, run_producer
-):
-    client = redis.Redis.from_url(redis_url)
-    client.delete("_kombu.rejected")  # the name the README gives
-    for queue in ("cpu", "io"):
-        client.lpush(queue, *ENTRIES)
-    proc = run_producer("--cpu", "2", "--io", "4", "--cpu-limit", "1000", "--io-delay", "0")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert all(worker.proc.poll() is None for worker in workers.values())
-    kept = [raw.decode() for raw in client.lrange("_kombu.rejected", 0, -1)]
-    assert sorted(kept) == sorted(ENTRIES * 2)
-    for worker in workers.values():
-        assert worker.log.read_text().count("rejected a queue entry") >= 3
 
 
 def test_one_redis_client_per_pool_not_per_call(private_redis):
@@ -743,3 +693,31 @@ def test_one_redis_client_per_pool_not_per_call(private_redis):
         with channel.conn_or_acquire() as third:
             assert third is not first and third.connection_pool is channel.pool
             assert third.ping()
+
+
+def test_a_full_redis_pauses_taking_said_once_and_taking_resumes(private_redis, caplog):
+    """BLMOVE is refused at maxmemory (noeviction): the consumer waits for room, not exits."""
+    queue = Queue("full", Exchange("full"), routing_key="full")
+    client = redis.Redis.from_url(private_redis.url)
+    got = []
+    with connect(private_redis.url) as conn:
+        publish(conn, queue, {"n": 1})
+        # Declared before Redis is full: a full Redis refuses even the declare's MULTI.
+        with conn.Consumer(queue, callbacks=[lambda body, m: got.append(m)]):
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", 1)  # below what any Redis uses: writes refused
+            for _ in range(3):  # a synchronous consumer asks again after its poll timeout
+                with pytest.raises(TimeoutError):
+                    conn.drain_events(timeout=1.5 * broker.FULL_PAUSE)
+            assert got == [] and client.llen("full") == 1 and client.llen("full.taken") == 0
+            refused = client.info("commandstats")["cmdstat_blmove"]["rejected_calls"]
+            assert refused >= 2, refused  # taking was retried, and said once (below)
+            client.config_set("maxmemory", 0)
+            conn.drain_events(timeout=5)
+    assert [m.payload for m in got] == [{"n": 1}]
+    said = [r.getMessage() for r in caplog.records if "taking tasks" in r.getMessage()]
+    assert said == [
+        "Redis is full (maxmemory, noeviction): taking tasks paused until it has room "
+        "(OutOfMemoryError: command not allowed when used memory > 'maxmemory'.)",
+        "Redis has room again: taking tasks resumed",
+    ], said

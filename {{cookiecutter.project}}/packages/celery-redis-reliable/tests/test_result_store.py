@@ -1,4 +1,4 @@
-"""The result store in one round trip (results.py), against real Redis."""
+"""The result store in one round trip (celery_redis_reliable.results), against a real redis-server."""
 
 import uuid
 
@@ -8,8 +8,6 @@ from celery import Celery, states
 from celery.backends.redis import RedisBackend
 from celery_redis_reliable import guard
 from celery_redis_reliable.results import Backend
-
-from {{ cookiecutter.package }}.celery_app import app
 
 
 @pytest.fixture
@@ -22,10 +20,6 @@ def backend(redis_url) -> Backend:
 @pytest.fixture
 def client(redis_url) -> redis.Redis:
     return redis.Redis.from_url(redis_url)
-
-
-def test_the_app_stores_results_with_it():
-    assert type(app.backend) is Backend
 
 
 def test_a_result_is_stored_in_one_round_trip(backend, client):
