@@ -57,9 +57,9 @@ def make_test(project: Path, env: dict[str, str], marks: str, *paths: str) -> st
     summary = proc.stdout.strip().splitlines()[-1]
     print(f"-m {marks!r}: {summary} ({len(ids)} selected)")
     # All of them passed: nothing failed, errored, skipped or xfailed.
-    assert re.fullmatch(rf"{len(ids)} passed(, \d+ deselected)?(, \d+ warnings?)? in .*", summary), (
-        summary
-    )
+    assert re.fullmatch(
+        rf"{len(ids)} passed(, \d+ deselected)?(, \d+ warnings?)? in .*", summary
+    ), summary
     return proc.stdout
 
 
