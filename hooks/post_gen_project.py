@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 # One file per secret in secrets/, named as settings.py reads them from SECRETS_DIR.
-SECRET_FILES = ("redis_password", "flower_password")
+SECRET_FILES = ("redis_password", "flower_password", "api_key")
 K8S_SECRETS = "deploy/k8s/base/secrets"
 
 

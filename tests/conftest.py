@@ -246,9 +246,9 @@ def point_at_private_bases(project: Path) -> None:
 
 def start_stack(output_dir: Path, name: str, **answers: str) -> Stack:
     """Generate, build and start a stack; its compose project name and Flower port are unique
-    to this test session, so several sessions can run on one engine."""
+    to this test session, so several sessions can run on one engine (the API's port too)."""
     stack = Stack(generate(output_dir, **answers), f"{name}-{os.getpid()}")
-    stack.set_env(FLOWER_PORT=str(free_port()), IMAGE_TAG=stack.name)
+    stack.set_env(FLOWER_PORT=str(free_port()), API_PORT=str(free_port()), IMAGE_TAG=stack.name)
     point_at_private_bases(stack.path)
     stack.compose("down", "-v", "--remove-orphans", check=False)  # leftovers of an aborted run
     started = time.monotonic()

@@ -19,6 +19,7 @@ FIGURES = {
     "publish": ("tasks_per_s", "x_plain", "batch"),
     "exporter": ("tasks_per_s", "pct_of_bound", "exporter_cpu_s", "exporter_cpu_ms_per_task"),
     "soak": ("end_to_end_tasks_per_s", "end_to_end_s", "cpu_ms_per_task"),
+    "enqueue": ("tasks_per_s", "latency_p50_ms", "latency_p99_ms"),
 }
 VARIANTS = {
     "io": {"template io", "untuned gevent", "template io x cores", "prefork c=cores"},
@@ -28,6 +29,7 @@ VARIANTS = {
     "publish": {"plain", "durable", "durable, one batch", "plain, appendfsync always"},
     "exporter": {"template io + exporter"},
     "soak": {"template cpu + io"},
+    "enqueue": {"api, 4 HTTP clients", "producer (apply_async, one process)"},
 }
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from conftest import Stack, run, running_stack
@@ -34,7 +36,7 @@ EXPECTED = {
     },
     "alt": {"cpu_pool": "solo", "io_pool": "threads", "io_concurrency": 300, "python": "3.11"},
 }
-PYTHON_SERVICES = ("demo-api", "worker-cpu", "worker-io", "flower", "beat")
+PYTHON_SERVICES = ("demo-api", "worker-cpu", "worker-io", "flower", "beat", "api")
 SERVICES = ("redis", *PYTHON_SERVICES)
 
 
@@ -93,6 +95,48 @@ def test_producer_routes_each_task_to_its_pool(stack):
     assert all(name.startswith("io@") for name in io["workers"])
 
 
+def api_call(s: Stack, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{s.env['API_PORT']}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={
+            "Authorization": f"Bearer {s.secret('api_key')}",
+            "Content-Type": "application/json",
+        },
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def test_the_api_enqueues_by_route_and_reports_the_pool_that_ran_it(stack):
+    """Through HTTP from the host, as a client would: each task on its queue's pool."""
+    case, s = stack
+    sent = {
+        "cpu": api_call(s, "POST", "/tasks/count-primes", {"limit": 20000}),
+        "io": api_call(s, "POST", "/tasks/wait-on-api", {"seconds": 0.2}),
+    }
+    assert {q: (status, body["queue"]) for q, (status, body) in sent.items()} == {
+        "cpu": (202, "cpu"), "io": (202, "io")
+    }  # fmt: skip
+    for queue, (_, enqueued) in sent.items():
+        deadline = time.monotonic() + 120  # a safety net against a hang
+        while (state := api_call(s, "GET", enqueued["state_url"])[1])["state"] == "PENDING":
+            assert time.monotonic() < deadline, f"hang: {queue} task never finished"
+            time.sleep(0.5)
+        assert state["state"] == "SUCCESS", state
+        assert state["worker"].startswith(f"{queue}@") and state["queue"] == queue, state
+        assert state["result"]["pool"] == EXPECTED[case][f"{queue}_pool"], state
+    assert api_call(s, "GET", "/readyz")[0] == 200
+    request = urllib.request.Request(f"http://127.0.0.1:{s.env['API_PORT']}/tasks/x")
+    with pytest.raises(urllib.error.HTTPError) as refused:  # no key
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 401
+
+
 def test_flower_health_and_auth(stack):
     case, s = stack
     assert s.flower("/healthcheck", auth=False) == (200, "OK")
@@ -125,7 +169,7 @@ def test_redis_refuses_commands_without_the_password(stack):
 
 def test_secrets_are_in_no_environment_or_command_line(stack):
     _, s = stack
-    secrets = [s.secret("redis_password"), s.secret("flower_password")]
+    secrets = [s.secret(name) for name in ("redis_password", "flower_password", "api_key")]
     assert {svc["Service"] for svc in s.services()} == set(SERVICES)
     ids = s.compose("ps", "-q").stdout.split()
     inspect = run(["docker", "inspect", *ids], cwd=s.path).stdout
@@ -143,7 +187,7 @@ def test_secrets_are_in_no_environment_or_command_line(stack):
         assert secret not in inspect, "a secret is in docker inspect"
 
 
-def test_only_flower_is_published_on_loopback(stack):
+def test_only_flower_and_the_api_are_published_on_loopback(stack):
     _, s = stack
     published = {
         svc["Service"]: [
@@ -159,6 +203,7 @@ def test_only_flower_is_published_on_loopback(stack):
         "worker-cpu": [],
         "worker-io": [],
         "flower": [("127.0.0.1", int(s.env["FLOWER_PORT"]))],
+        "api": [("127.0.0.1", int(s.env["API_PORT"]))],
         "beat": [],
     }
 

@@ -11,7 +11,7 @@ from conftest import generate
 
 README_MAX_LINES = 200  # "a few screens"
 PAGES = (
-    "pools.md", "tasks.md", "delivery.md", "secrets.md", "troubleshooting.md", "swarm.md",
+    "api.md", "pools.md", "tasks.md", "delivery.md", "secrets.md", "troubleshooting.md", "swarm.md",
     "kubernetes.md", "monitoring.md", "benchmark.md", "development.md",
 )  # fmt: skip
 

@@ -442,7 +442,7 @@ def test_non_json_and_pickled_messages_are_rejected_and_workers_keep_serving(fau
 
 def test_no_generated_secret_in_the_image(faults):
     s = faults.stack
-    secrets = [s.secret("redis_password"), s.secret("flower_password")]
+    secrets = [s.secret(name) for name in ("redis_password", "flower_password", "api_key")]
     assert all(len(x) >= 20 for x in secrets)
     image = f"{s.path.name}:{s.env['IMAGE_TAG']}"
     history = run(["docker", "history", "--no-trunc", image], cwd=None).stdout

@@ -26,7 +26,7 @@ from k8s import container, docker_run_args, named, pod_spec, render, workloads
 pytestmark = [pytest.mark.k8s, pytest.mark.docker]
 PYTHON_VERSION = "3.13"  # the default project's (cookiecutter.json)
 
-APP = ("demo-api", "worker-cpu", "worker-io", "beat", "flower")
+APP = ("demo-api", "worker-cpu", "worker-io", "beat", "flower", "api")
 PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
 # /proc of a container as {pid: (ppid, state, command)}: the image ships no ps.
 PROCS = (
@@ -304,8 +304,9 @@ def test_timed_out_probes_leave_no_zombies(pods, running):
 
 def test_redis_away_90_s_fails_no_worker_liveness_probe(pods, running):
     """Kubelet restarts a container after failureThreshold failed liveness probes in a row:
-    with Redis stopped 90 s, none may fail. Readiness may (it reports the broker)."""
-    workers = ("worker-cpu", "worker-io")
+    with Redis stopped 90 s, none may fail (the workers' nor the API's). Readiness may (it
+    reports the broker)."""
+    workers = ("worker-cpu", "worker-io", "api")
     client = running["worker-cpu"]  # beat exits while Redis is away: kubelet restarts it
     ids = {q: pods.python(client, SUBMIT, q, arg, "20") for q, arg in
            (("cpu", "300000"), ("io", "3"))}  # fmt: skip

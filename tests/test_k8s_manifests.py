@@ -37,7 +37,7 @@ TRIGGER_LISTS = {
     "worker-cpu": lambda queue: [queue],
     "worker-io": lambda queue: [queue, f"{queue}.taken", "unacked"],
 }
-REDIS_CLIENTS = {"worker-cpu", "worker-io", "beat", "flower", "producer"}
+REDIS_CLIENTS = {"worker-cpu", "worker-io", "beat", "flower", "api", "producer"}
 
 
 @pytest.fixture(scope="module", params=["default", "alt"])
@@ -75,7 +75,8 @@ def test_each_variant_renders_what_it_should(rendered):
     assert keda <= kinds["overlays/managed-redis"] and not redis & kinds["overlays/managed-redis"]
     for variant in VARIANTS:
         assert {
-            ("Deployment", n) for n in ("worker-cpu", "worker-io", "beat", "flower", "demo-api")
+            ("Deployment", n)
+            for n in ("worker-cpu", "worker-io", "beat", "flower", "api", "demo-api")
         } <= (kinds[variant])
 
 
@@ -234,7 +235,7 @@ def test_disruption_budgets_never_block_a_drain(rendered):
     for variant in VARIANTS:
         objects = rendered[variant]
         budgets = named(objects, "PodDisruptionBudget")
-        assert set(budgets) == {"worker-cpu", "worker-io", "beat", "flower"}
+        assert set(budgets) == {"worker-cpu", "worker-io", "beat", "flower", "api"}
         for name, budget in budgets.items():
             assert "minAvailable" not in budget["spec"]
             assert budget["spec"]["maxUnavailable"] >= 1
@@ -328,7 +329,7 @@ def test_every_referenced_secret_and_config_exists(rendered):
     for variant, objects in rendered.items():
         secrets, config = secret_data(objects), config_data(objects)
         secret_name, config_name = next(iter(named(objects, "Secret"))), next(iter(named(objects, "ConfigMap")))  # fmt: skip
-        assert set(secrets) == {"redis_password", "flower_password"}
+        assert set(secrets) == {"redis_password", "flower_password", "api_key"}
         for name, obj in workloads(objects).items():
             pod = pod_spec(obj)
             for volume in pod.get("volumes", []):

@@ -87,7 +87,7 @@ class Prometheus:
 def stack(require_docker, project):
     stack = Stack(project, f"monitoring-{os.getpid()}")
     env_file = project / ".env"
-    ports = {"FLOWER_PORT": free_port(), "PROMETHEUS_PORT": free_port()}
+    ports = {"FLOWER_PORT": free_port(), "PROMETHEUS_PORT": free_port(), "API_PORT": free_port()}
     text = env_file.read_text()
     for key, value in {**ports, "IMAGE_TAG": stack.name}.items():
         text = re.sub(rf"(?m)^{key}=.*$", f"{key}={value}", text)

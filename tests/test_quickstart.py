@@ -46,7 +46,7 @@ def test_quickstart_brings_the_stack_up_and_points_at_flower(compose_stack, tmp_
     port, name = free_port(), f"quickstart-{os.getpid()}"
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     # The shell environment wins over .env: a compose project and image tag of this session.
-    env.update(COMPOSE_PROJECT_NAME=name, IMAGE_TAG=compose_stack.name)
+    env.update(COMPOSE_PROJECT_NAME=name, IMAGE_TAG=compose_stack.name, API_PORT=str(free_port()))
     stack = Stack(tmp_path / "task-queue", name)
     try:
         first = quickstart(tmp_path, env, f"flower_port={port}")

@@ -45,8 +45,16 @@ KNOBS = {
     "IO_CONCURRENCY": "200",
 }
 IO_PREFETCH = 4  # the settings' default io_prefetch_multiplier
-SERVICES = ("redis", "demo-api", "worker-cpu", "worker-io", "beat", "flower")
-REPLICAS = {"redis": 1, "demo-api": 1, "worker-cpu": 1, "worker-io": 2, "beat": 2, "flower": 1}
+SERVICES = ("redis", "demo-api", "worker-cpu", "worker-io", "beat", "flower", "api")
+REPLICAS = {
+    "redis": 1,
+    "demo-api": 1,
+    "worker-cpu": 1,
+    "worker-io": 2,
+    "beat": 2,
+    "flower": 1,
+    "api": 1,
+}
 HEADER = f"{'swarm fault':<36} {'submitted':>9} {'completed':>9} {'lost':>5} {'twice':>5}"
 ROWS: list[str] = []
 

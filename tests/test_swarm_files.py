@@ -14,6 +14,7 @@ from conftest import generate, run
 
 # Variables only the stack reads (compose builds its image and runs one replica of each).
 SWARM_ONLY = {"IMAGE", "CPU_REPLICAS", "IO_REPLICAS", "CPU_WORKER_CPUS"}
+SECRETS = ("redis_password", "flower_password", "api_key")
 SAME = ("command", "entrypoint", "healthcheck", "stop_grace_period", "user", "read_only", "init")
 CASES = {
     "default": {},
@@ -72,7 +73,7 @@ def test_secrets_come_from_the_generated_files(project):
         secrets = load(project / path)["secrets"]
         assert {
             n: (project / path).parent.joinpath(s["file"]).resolve() for n, s in secrets.items()
-        } == {n: (project / "secrets" / n).resolve() for n in ("redis_password", "flower_password")}
+        } == {n: (project / "secrets" / n).resolve() for n in SECRETS}
         for value in (project / "secrets").iterdir():
             assert value.read_text() not in text
 
@@ -82,7 +83,8 @@ def test_ipvs_override_covers_every_service(project):
     override = load(project / "deploy" / "swarm" / "stack.dnsrr.yaml")["services"]
     assert set(override) == set(stack)
     assert all(s["deploy"] == {"endpoint_mode": "dnsrr"} for s in override.values())
-    assert [p["mode"] for p in override["flower"]["ports"]] == ["host"]
+    for published in ("flower", "api"):
+        assert [p["mode"] for p in override[published]["ports"]] == ["host"]
     # The shipped default keeps Swarm's VIPs and routing mesh for normal clusters.
     assert all("endpoint_mode" not in s.get("deploy", {}) for s in stack.values())
 
@@ -122,9 +124,10 @@ def test_docker_stack_config_accepts_the_stack(project, override):
     assert services["worker-io"]["deploy"]["resources"]["limits"]["cpus"] == "1"
     modes = {n: s.get("deploy", {}).get("endpoint_mode") for n, s in services.items()}
     assert modes == dict.fromkeys(services, "dnsrr" if override else None)
-    assert services["flower"]["ports"][0].get("mode", "ingress") == (
-        "host" if override else "ingress"
-    )
+    for published in ("flower", "api"):
+        assert services[published]["ports"][0].get("mode", "ingress") == (
+            "host" if override else "ingress"
+        )
     missing = run(["docker", "stack", "config", *files], cwd=project, check=False,
                   env={**os.environ, "FLOWER_USER": "ops", "IMAGE": ""})  # fmt: skip
     assert missing.returncode != 0

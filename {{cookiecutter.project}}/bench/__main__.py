@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench import procs
 
-NAMES = ("io", "memory", "mixed", "overhead", "publish", "exporter", "soak")
+NAMES = ("io", "memory", "mixed", "overhead", "publish", "exporter", "soak", "enqueue")
 PROJECT = Path(__file__).resolve().parents[1]
 
 

@@ -84,6 +84,14 @@ COLUMNS = {
         ("exporter CPU ms/task", "exporter_cpu_ms_per_task"),
         ("exporter counted", "exporter_counted"),
     ],
+    "enqueue": [
+        ("variant", "variant"),
+        ("n", "n"),
+        ("ok", "succeeded"),
+        ("enqueued/s", "tasks_per_s"),
+        ("p50 ms", "latency_p50_ms"),
+        ("p99 ms", "latency_p99_ms"),
+    ],
     "soak": [
         ("variant", "variant"),
         ("n", "n"),
@@ -102,6 +110,7 @@ TITLES = {
     "stack": "The running stack's own workers (bound: its io slots / L)",
     "exporter": "6. Metrics exporter's own CPU, consuming the events of the io batch",
     "soak": "7. Soak: no-ops through both workers, published while they run (end to end)",
+    "enqueue": "8. Enqueueing: the web API (concurrent clients) against the producer's apply_async",
 }
 
 
@@ -241,6 +250,11 @@ def _soak_panel(ax, rows):
     _bars(ax, labels, values, "tasks/s, end to end", TITLES["soak"])
 
 
+def _enqueue_panel(ax, rows):
+    labels = [row["variant"] for row in rows]
+    _bars(ax, labels, [row.get("tasks_per_s") for row in rows], "enqueued/s", TITLES["enqueue"])
+
+
 PANELS = {
     "io": _io_panel,
     "memory": _memory_panel,
@@ -249,4 +263,5 @@ PANELS = {
     "publish": _publish_panel,
     "exporter": _exporter_panel,
     "soak": _soak_panel,
+    "enqueue": _enqueue_panel,
 }

@@ -16,6 +16,7 @@ from bench.commands import (
     tuned_argv,
     untuned_argv,
 )
+from bench.enqueue import enqueue
 from bench.publish import publish_cost
 from bench.runs import (
     Bench,
@@ -50,6 +51,10 @@ class Sizes:
     events: tuple[bool, ...] = (False, True)
     # Soak: no-ops per queue, published while both workers run (the stack's shape).
     soak_tasks: int = 50_000
+    # Enqueueing through the web API against the CLI producer's apply_async.
+    enqueue_tasks: int = 3000
+    enqueue_clients: int = 20
+    enqueue_rounds: int = 3
 
 
 FULL = Sizes()
@@ -70,6 +75,9 @@ SMOKE = Sizes(
     # Each worker start and stop costs seconds: CI checks the code paths, once.
     events=(False,),
     soak_tasks=100,
+    enqueue_tasks=100,
+    enqueue_clients=4,
+    enqueue_rounds=1,
 )
 
 
@@ -416,4 +424,5 @@ SCENARIOS = {
     "publish": publish_cost,
     "exporter": exporter,
     "soak": soak,
+    "enqueue": enqueue,
 }

@@ -124,20 +124,37 @@ def test_visibility_timeout_must_exceed_time_limit(clean_env):
     assert "VISIBILITY_TIMEOUT=300 must be above TASK_TIME_LIMIT=600" in line
 
 
-@pytest.mark.parametrize("kind", ["cpu", "io"])
-def test_worker_refuses_to_start_on_bad_env(clean_env, kind):
-    clean_env.setenv("IO_CONCURRENCY", "abc")
+BAD_CONCURRENCY = (
+    "settings error: IO_CONCURRENCY='abc' is invalid (Input should be a valid integer, "
+    "unable to parse string as an integer); accepted: an integer from 1 to 10000"
+)
+NO_API_KEY = (
+    "settings error: API_KEY is not set; accepted: a string of at least 16 characters "
+    "(env or the file api_key in SECRETS_DIR)"
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "line"),
+    [
+        (["worker", "cpu"], {"IO_CONCURRENCY": "abc"}, BAD_CONCURRENCY),
+        (["worker", "io"], {"IO_CONCURRENCY": "abc"}, BAD_CONCURRENCY),
+        (["api", "--port", "0"], {}, NO_API_KEY),  # the web API wants its key
+    ],
+    ids=["worker-cpu", "worker-io", "api"],
+)
+def test_a_process_refuses_to_start_on_bad_env(clean_env, argv, env, line):
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    module, *args = argv
     proc = subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package }}.worker", kind],
+        [sys.executable, "-m", f"{{ cookiecutter.package }}.{module}", *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "settings error: IO_CONCURRENCY='abc' is invalid (Input should be a valid integer, "
-        "unable to parse string as an integer); accepted: an integer from 1 to 10000"
-    ]
+    assert proc.stderr.strip().splitlines() == [line]
 
 
 def test_password_from_a_file_in_secrets_dir(clean_env, tmp_path):
@@ -269,3 +286,13 @@ def test_tls_options_pass_a_rediss_urls_ssl_parameters_on():
     url = "rediss://:pw@redis:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem&health=1"
     assert tls_options(url) == {"ssl_cert_reqs": "required", "ssl_ca_certs": "/ca.pem"}
     assert tls_options("redis://:pw@redis:6379/0?ssl_cert_reqs=required") is None
+
+
+def test_a_short_api_key_is_refused_without_showing_it(clean_env):
+    clean_env.setenv("API_KEY", "short-key")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert describe_errors(caught.value) == [
+        "settings error: API_KEY=<hidden> is invalid (is shorter than 16 characters); "
+        "accepted: a string of at least 16 characters (env or the file api_key in SECRETS_DIR)"
+    ]

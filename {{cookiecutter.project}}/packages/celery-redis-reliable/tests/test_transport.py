@@ -160,11 +160,17 @@ def test_redis_without_info_for_scripts_keeps_acks_as_they_were(private_redis, c
     assert caplog.text.count("Redis refuses INFO to scripts") == 1
 
 
-def test_a_late_ack_leaves_the_redelivered_copy_recorded(private_redis, monkeypatch):
+@pytest.mark.parametrize("info", [True, False], ids=["info", "no-info"])
+def test_a_late_ack_leaves_the_redelivered_copy_recorded(private_redis, monkeypatch, info):
     """The other order (review 2026-12-02, D1): a long task's ack, deferred on the channel
     that closed while Redis was away, is settled only after its message went back and another
     worker recorded the copy under the same delivery tag. The ack must not remove that record:
-    the copy would then live only in the second worker's memory, lost when it stops."""
+    the copy would then live only in the second worker's memory, lost when it stops. Without
+    INFO for scripts (no restart seen), the record's score alone tells the deliveries apart."""
+    if not info:
+        private_redis.stop()
+        private_redis.config += 'rename-command INFO ""\n'
+        private_redis.start()
     queue = Queue("dup", Exchange("dup"), routing_key="dup")
     client = redis.Redis.from_url(private_redis.url)
     state_a, state_b = broker.ProcessState(), broker.ProcessState()  # two worker processes
