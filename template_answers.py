@@ -33,6 +33,7 @@ CHOICES = {
     "cpu_pool": ("prefork", "solo"),
     "io_pool": ("gevent", "threads"),
     "github_actions": ("yes", "no"),
+    "web_api": ("fastapi", "none"),
 }
 # (low, high) for integer answers.
 RANGES = {"io_concurrency": (1, 10000), "flower_port": (1024, 65535)}
@@ -44,7 +45,8 @@ PACKAGE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 def reserved_packages(lock: Path = LOCK) -> frozenset[str]:
     """Names a package must not take: every package of the generated project's lock file
     (they share its virtualenv), plus the folders its tooling treats specially."""
-    packages = tomllib.loads(lock.read_text())["package"]
+    # Every option's packages: the lock's Jinja tags (web_api) dropped, both branches kept.
+    packages = tomllib.loads(re.sub(r"\{%.*?%\}", "", lock.read_text()))["package"]
     names = {p["name"].replace("-", "_") for p in packages if "{" not in p["name"]}
     return frozenset(names | {"tests", "test", "src"})
 

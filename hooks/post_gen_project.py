@@ -35,12 +35,17 @@ def write_private(path: Path, text: str, mode: int = 0o600) -> None:
     os.replace(tmp, path)
 
 
-def write_secrets(folder: Path) -> None:
+def secret_files(answers: dict) -> tuple[str, ...]:
+    """The secrets the chosen options need: the web API's key only with the API."""
+    return tuple(n for n in SECRET_FILES if n != "api_key" or answers["web_api"] != "none")
+
+
+def write_secrets(folder: Path, names: tuple[str, ...] = SECRET_FILES) -> None:
     """A fresh value per secret file. The folder is owner-only; the files are world-readable
     so that compose's bind mounts (host owner and mode kept) can be read by uid 10001."""
     folder.mkdir(mode=0o700, exist_ok=True)
     folder.chmod(0o700)
-    for name in SECRET_FILES:
+    for name in names:
         write_private(folder / name, new_secret(), mode=0o444)
 
 
@@ -49,6 +54,10 @@ def remove_unchosen(root: Path, answers: dict) -> list[str]:
     unwanted = []
     if answers["github_actions"] != "yes":
         unwanted.append(".github")
+    if answers["web_api"] == "none":
+        package = answers["package"]
+        unwanted += [f"src/{package}/api.py", "tests/test_api.py", "docs/api.md",
+                     "deploy/k8s/base/api.yaml", "bench/enqueue.py"]  # fmt: skip
     for rel in unwanted:
         target = root / rel
         if target.is_dir():
@@ -59,12 +68,14 @@ def remove_unchosen(root: Path, answers: dict) -> list[str]:
 
 
 def next_steps(answers: dict) -> str:
+    api = "  API: http://127.0.0.1:8000/docs (key in secrets/api_key)\n"
     return (
         f"\nGenerated {answers['project']} with fresh secrets in secrets/ (git- and docker-ignored).\n"
         f"  cd {answers['project']}\n"
         "  docker compose up -d --build --wait          # redis, workers, Flower, demo API\n"
         "  docker compose run --rm producer --cpu 20 --io 200\n"
         f"  Flower: http://127.0.0.1:{answers['flower_port']} (user in .env, password in secrets/)\n"
+        f"{api if answers['web_api'] != 'none' else ''}"
         "  uv sync && uv run pytest                      # tests: needs redis-server\n"
     )
 
@@ -72,9 +83,10 @@ def next_steps(answers: dict) -> str:
 def main(raw: str, root: Path) -> int:
     answers = json.loads(raw)
     write_private(root / ".env", (root / ".env.example").read_text())
-    write_secrets(root / "secrets")
+    names = secret_files(answers)
+    write_secrets(root / "secrets", names)
     # The cluster's own values, for deploy/k8s's secretGenerator (git-ignored there too).
-    write_secrets(root / K8S_SECRETS)
+    write_secrets(root / K8S_SECRETS, names)
     remove_unchosen(root, answers)
     print(next_steps(answers))
     return 0

@@ -26,6 +26,7 @@ ALT_ANSWERS = {
     "cpu_pool": "solo",
     "io_pool": "threads",
     "io_concurrency": "300",
+    "web_api": "none",
 }
 EXPECTED = {
     "default": {
@@ -33,11 +34,25 @@ EXPECTED = {
         "io_pool": "gevent",
         "io_concurrency": 200,
         "python": "3.13",
+        "api": ("api",),
     },
-    "alt": {"cpu_pool": "solo", "io_pool": "threads", "io_concurrency": 300, "python": "3.11"},
+    "alt": {
+        "cpu_pool": "solo",
+        "io_pool": "threads",
+        "io_concurrency": 300,
+        "python": "3.11",
+        "api": (),  # web_api=none
+    },
 }
-PYTHON_SERVICES = ("demo-api", "worker-cpu", "worker-io", "flower", "beat", "api")
-SERVICES = ("redis", *PYTHON_SERVICES)
+WORKLOADS = ("demo-api", "worker-cpu", "worker-io", "flower", "beat")
+
+
+def python_services(case: str) -> tuple[str, ...]:
+    return (*WORKLOADS, *EXPECTED[case]["api"])
+
+
+def services_of(case: str) -> tuple[str, ...]:
+    return ("redis", *python_services(case))
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +74,13 @@ def pool_of(worker: dict) -> str:
 
 
 def test_every_service_is_healthy(stack):
-    _, s = stack
+    case, s = stack
     states = {svc["Service"]: (svc["State"], svc["Health"]) for svc in s.services()}
-    assert {name: states.get(name) for name in SERVICES} == dict.fromkeys(
-        SERVICES, ("running", "healthy")
+    expected = services_of(case)
+    assert {name: states.get(name) for name in expected} == dict.fromkeys(
+        expected, ("running", "healthy")
     )
+    assert ("api" in states) == bool(EXPECTED[case]["api"])  # web_api=none: no api service
 
 
 PYTHON_AND_OS = (
@@ -74,7 +91,7 @@ PYTHON_AND_OS = (
 
 def test_containers_run_the_python_the_project_names(stack):
     case, s = stack
-    for service in PYTHON_SERVICES:
+    for service in python_services(case):
         found = s.compose("exec", "-T", service, "python", "-c", PYTHON_AND_OS).stdout.strip()
         print(f"[{case}] {service}: Python {found}")  # the OS says if it was a stand-in
         assert found.split()[0] == EXPECTED[case]["python"], (service, found)
@@ -112,9 +129,10 @@ def api_call(s: Stack, method: str, path: str, body: dict | None = None) -> tupl
         return exc.code, json.loads(exc.read() or b"null")
 
 
-def test_the_api_enqueues_by_route_and_reports_the_pool_that_ran_it(stack):
-    """Through HTTP from the host, as a client would: each task on its queue's pool."""
-    case, s = stack
+def test_the_api_enqueues_by_route_and_reports_the_pool_that_ran_it(compose_stack):
+    """Through HTTP from the host, as a client would: each task on its queue's pool (the
+    default project; the alt one has web_api=none, and no api service, checked above)."""
+    case, s = "default", compose_stack
     sent = {
         "cpu": api_call(s, "POST", "/tasks/count-primes", {"limit": 20000}),
         "io": api_call(s, "POST", "/tasks/wait-on-api", {"seconds": 0.2}),
@@ -154,8 +172,8 @@ def test_flower_health_and_auth(stack):
 
 
 def test_containers_do_not_run_as_root(stack):
-    _, s = stack
-    for service in SERVICES:
+    case, s = stack
+    for service in services_of(case):
         uid = s.compose("exec", "-T", service, "id", "-u").stdout.strip()
         assert uid != "0", f"{service} runs as root"
 
@@ -168,13 +186,14 @@ def test_redis_refuses_commands_without_the_password(stack):
 
 
 def test_secrets_are_in_no_environment_or_command_line(stack):
-    _, s = stack
-    secrets = [s.secret(name) for name in ("redis_password", "flower_password", "api_key")]
-    assert {svc["Service"] for svc in s.services()} == set(SERVICES)
+    case, s = stack
+    names = ("redis_password", "flower_password", *("api_key" for _ in EXPECTED[case]["api"]))
+    secrets = [s.secret(name) for name in names]
+    assert {svc["Service"] for svc in s.services()} == set(services_of(case))
     ids = s.compose("ps", "-q").stdout.split()
     inspect = run(["docker", "inspect", *ids], cwd=s.path).stdout
     assert "/run/secrets/redis_password" in inspect  # mounted, as file secrets are
-    for service in SERVICES:
+    for service in services_of(case):
         # Every process's environment and command line, as the container's user sees them.
         seen = s.compose(
             "exec", "-T", service, "sh", "-c",
@@ -188,7 +207,7 @@ def test_secrets_are_in_no_environment_or_command_line(stack):
 
 
 def test_only_flower_and_the_api_are_published_on_loopback(stack):
-    _, s = stack
+    case, s = stack
     published = {
         svc["Service"]: [
             (p["URL"], p["PublishedPort"])
@@ -203,7 +222,7 @@ def test_only_flower_and_the_api_are_published_on_loopback(stack):
         "worker-cpu": [],
         "worker-io": [],
         "flower": [("127.0.0.1", int(s.env["FLOWER_PORT"]))],
-        "api": [("127.0.0.1", int(s.env["API_PORT"]))],
+        **{api: [("127.0.0.1", int(s.env["API_PORT"]))] for api in EXPECTED[case]["api"]},
         "beat": [],
     }
 

@@ -20,6 +20,7 @@ ANSWERS = {
     "io_pool": "threads",
     "python_version": "3.12",
     "io_concurrency": "300",
+    "web_api": "none",
 }
 
 

@@ -21,6 +21,7 @@ CASES = {
         "io_pool": "threads",
         "python_version": "3.11",
         "github_actions": "no",
+        "web_api": "none",
     },
     "solo-gevent-numbers": {
         "cpu_pool": "solo",

@@ -36,6 +36,7 @@ DEFAULTS = {
     "io_concurrency": "200",
     "flower_port": "5555",
     "github_actions": "yes",
+    "web_api": "fastapi",
 }
 
 # (variable, bad value, text the message must contain about what is accepted)
@@ -72,6 +73,7 @@ BAD_ANSWERS = [
     ("package", "tornado", "dependency name"),
     ("project", "celery", "not a dependency name"),
     ("project", "3d--farm", "single hyphens"),
+    ("web_api", "flask", "fastapi or none"),
 ]
 
 
@@ -143,8 +145,21 @@ def test_write_private_replaces_a_world_readable_leftover(tmp_path):
 
 def test_remove_unchosen(tmp_path):
     (tmp_path / ".github" / "workflows").mkdir(parents=True)
-    assert post.remove_unchosen(tmp_path, {"github_actions": "no"}) == [".github"]
+    answers = {"github_actions": "no", "web_api": "fastapi", "package": "x"}
+    assert post.remove_unchosen(tmp_path, answers) == [".github"]
     assert not (tmp_path / ".github").exists()
+
+
+def test_no_web_api_leaves_no_trace_of_it(tmp_path):
+    project = generate(tmp_path, web_api="none")
+    assert post.secret_files({"web_api": "none"}) == ("redis_password", "flower_password")
+    assert sorted(p.name for p in (project / "secrets").iterdir()) == sorted(
+        post.secret_files({"web_api": "none"})
+    )
+    assert not (project / "src" / "task_queue" / "api.py").exists()
+    texts = [p.read_text() for p in project.rglob("*") if p.is_file() and p.suffix != ".png"]
+    found = [t for t in texts if "fastapi" in t.lower() or "api_key" in t]
+    assert found == [], "the none option still mentions the web API"
 
 
 def secret_values(project: Path) -> dict[str, str]:

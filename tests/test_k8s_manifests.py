@@ -30,7 +30,7 @@ from k8s import (
 
 K8S_VERSIONS = ("1.30.0", "1.33.0", "1.37.0")
 KEDA_CHECK = Path(__file__).parent / "keda" / "validate.mjs"
-ALT_ANSWERS = {"project_name": "Beta Jobs", "cpu_pool": "solo", "io_pool": "threads", "io_concurrency": "300"}  # fmt: skip
+ALT_ANSWERS = {"project_name": "Beta Jobs", "cpu_pool": "solo", "io_pool": "threads", "io_concurrency": "300", "web_api": "none"}  # fmt: skip
 WORKERS = {"worker-cpu": "cpu", "worker-io": "io"}
 # The Redis keys each ScaledObject reads, from its worker's queue.
 TRIGGER_LISTS = {
@@ -45,6 +45,12 @@ def project(request, tmp_path_factory) -> Path:
     answers = {} if request.param == "default" else ALT_ANSWERS
     path = generate(tmp_path_factory.mktemp(f"k8s-{request.param}"), **answers)
     return path
+
+
+@pytest.fixture(scope="module")
+def api(project) -> set[str]:
+    """{"api"} where the project has the web API (web_api=fastapi, the default), else empty."""
+    return {"api"} if list(project.glob("src/*/api.py")) else set()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +70,7 @@ def keda_check(objects: list[dict]) -> subprocess.CompletedProcess:
     )
 
 
-def test_each_variant_renders_what_it_should(rendered):
+def test_each_variant_renders_what_it_should(rendered, api):
     kinds = {v: {(o["kind"], o["metadata"]["name"]) for o in objs} for v, objs in rendered.items()}
     keda = {("ScaledObject", "worker-cpu"), ("ScaledObject", "worker-io")}
     keda.add(("TriggerAuthentication", "redis"))
@@ -74,10 +80,8 @@ def test_each_variant_renders_what_it_should(rendered):
     assert keda <= kinds["overlays/production"] and redis <= kinds["overlays/production"]
     assert keda <= kinds["overlays/managed-redis"] and not redis & kinds["overlays/managed-redis"]
     for variant in VARIANTS:
-        assert {
-            ("Deployment", n)
-            for n in ("worker-cpu", "worker-io", "beat", "flower", "api", "demo-api")
-        } <= (kinds[variant])
+        deployments = {n for kind, n in kinds[variant] if kind == "Deployment"}
+        assert deployments == {"worker-cpu", "worker-io", "beat", "flower", "demo-api", *api}
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -231,11 +235,11 @@ def test_cpu_worker_has_a_cpu_limit_for_auto_concurrency(project, rendered):
         assert config_data(rendered[variant])["IO_CONCURRENCY"].isdigit()
 
 
-def test_disruption_budgets_never_block_a_drain(rendered):
+def test_disruption_budgets_never_block_a_drain(rendered, api):
     for variant in VARIANTS:
         objects = rendered[variant]
         budgets = named(objects, "PodDisruptionBudget")
-        assert set(budgets) == {"worker-cpu", "worker-io", "beat", "flower", "api"}
+        assert set(budgets) == {"worker-cpu", "worker-io", "beat", "flower", *api}
         for name, budget in budgets.items():
             assert "minAvailable" not in budget["spec"]
             assert budget["spec"]["maxUnavailable"] >= 1
@@ -325,11 +329,13 @@ def test_io_scaling_counts_the_tasks_its_pods_hold(project, rendered):
         assert [t["metadata"]["listName"] for t in cpu["triggers"]] == ["cpu"]
 
 
-def test_every_referenced_secret_and_config_exists(rendered):
+def test_every_referenced_secret_and_config_exists(rendered, api):
     for variant, objects in rendered.items():
         secrets, config = secret_data(objects), config_data(objects)
         secret_name, config_name = next(iter(named(objects, "Secret"))), next(iter(named(objects, "ConfigMap")))  # fmt: skip
-        assert set(secrets) == {"redis_password", "flower_password", "api_key"}
+        assert set(secrets) == {"redis_password", "flower_password"} | (
+            {"api_key"} if api else set()
+        )
         for name, obj in workloads(objects).items():
             pod = pod_spec(obj)
             for volume in pod.get("volumes", []):

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from bench import procs
 
-NAMES = ("io", "memory", "mixed", "overhead", "publish", "exporter", "soak", "enqueue")
-PROJECT = Path(__file__).resolve().parents[1]
+{% if cookiecutter.web_api == "fastapi" %}NAMES = ("io", "memory", "mixed", "overhead", "publish", "exporter", "soak", "enqueue")
+{% else %}NAMES = ("io", "memory", "mixed", "overhead", "publish", "exporter", "soak")
+{% endif %}PROJECT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -84,7 +84,7 @@ COLUMNS = {
         ("exporter CPU ms/task", "exporter_cpu_ms_per_task"),
         ("exporter counted", "exporter_counted"),
     ],
-    "enqueue": [
+{% if cookiecutter.web_api == "fastapi" %}    "enqueue": [
         ("variant", "variant"),
         ("n", "n"),
         ("ok", "succeeded"),
@@ -92,7 +92,7 @@ COLUMNS = {
         ("p50 ms", "latency_p50_ms"),
         ("p99 ms", "latency_p99_ms"),
     ],
-    "soak": [
+{% endif %}    "soak": [
         ("variant", "variant"),
         ("n", "n"),
         ("ok", "succeeded"),
@@ -110,8 +110,8 @@ TITLES = {
     "stack": "The running stack's own workers (bound: its io slots / L)",
     "exporter": "6. Metrics exporter's own CPU, consuming the events of the io batch",
     "soak": "7. Soak: no-ops through both workers, published while they run (end to end)",
-    "enqueue": "8. Enqueueing: the web API (concurrent clients) against the producer's apply_async",
-}
+{% if cookiecutter.web_api == "fastapi" %}    "enqueue": "8. Enqueueing: the web API (concurrent clients) against the producer's apply_async",
+{% endif %}}
 
 
 def _cell(value: object) -> str:
@@ -250,12 +250,12 @@ def _soak_panel(ax, rows):
     _bars(ax, labels, values, "tasks/s, end to end", TITLES["soak"])
 
 
-def _enqueue_panel(ax, rows):
+{% if cookiecutter.web_api == "fastapi" %}def _enqueue_panel(ax, rows):
     labels = [row["variant"] for row in rows]
     _bars(ax, labels, [row.get("tasks_per_s") for row in rows], "enqueued/s", TITLES["enqueue"])
 
 
-PANELS = {
+{% endif %}PANELS = {
     "io": _io_panel,
     "memory": _memory_panel,
     "mixed": _mixed_panel,
@@ -263,5 +263,5 @@ PANELS = {
     "publish": _publish_panel,
     "exporter": _exporter_panel,
     "soak": _soak_panel,
-    "enqueue": _enqueue_panel,
-}
+{% if cookiecutter.web_api == "fastapi" %}    "enqueue": _enqueue_panel,
+{% endif %}}

@@ -16,8 +16,8 @@ from bench.commands import (
     tuned_argv,
     untuned_argv,
 )
-from bench.enqueue import enqueue
-from bench.publish import publish_cost
+{% if cookiecutter.web_api == "fastapi" %}from bench.enqueue import enqueue
+{% endif %}from bench.publish import publish_cost
 from bench.runs import (
     Bench,
     WorkerSpec,
@@ -51,11 +51,11 @@ class Sizes:
     events: tuple[bool, ...] = (False, True)
     # Soak: no-ops per queue, published while both workers run (the stack's shape).
     soak_tasks: int = 50_000
-    # Enqueueing through the web API against the CLI producer's apply_async.
+{% if cookiecutter.web_api == "fastapi" %}    # Enqueueing through the web API against the CLI producer's apply_async.
     enqueue_tasks: int = 3000
     enqueue_clients: int = 20
     enqueue_rounds: int = 3
-
+{% endif %}
 
 FULL = Sizes()
 SMOKE = Sizes(
@@ -75,10 +75,10 @@ SMOKE = Sizes(
     # Each worker start and stop costs seconds: CI checks the code paths, once.
     events=(False,),
     soak_tasks=100,
-    enqueue_tasks=100,
+{% if cookiecutter.web_api == "fastapi" %}    enqueue_tasks=100,
     enqueue_clients=4,
     enqueue_rounds=1,
-)
+{% endif %})
 
 
 # --- worker specs -------------------------------------------------------------------------
@@ -424,5 +424,5 @@ SCENARIOS = {
     "publish": publish_cost,
     "exporter": exporter,
     "soak": soak,
-    "enqueue": enqueue,
-}
+{% if cookiecutter.web_api == "fastapi" %}    "enqueue": enqueue,
+{% endif %}}

@@ -124,7 +124,7 @@ def test_visibility_timeout_must_exceed_time_limit(clean_env):
     assert "VISIBILITY_TIMEOUT=300 must be above TASK_TIME_LIMIT=600" in line
 
 
-BAD_CONCURRENCY = (
+{% if cookiecutter.web_api == "fastapi" %}BAD_CONCURRENCY = (
     "settings error: IO_CONCURRENCY='abc' is invalid (Input should be a valid integer, "
     "unable to parse string as an integer); accepted: an integer from 1 to 10000"
 )
@@ -147,15 +147,23 @@ def test_a_process_refuses_to_start_on_bad_env(clean_env, argv, env, line):
     for name, value in env.items():
         clean_env.setenv(name, value)
     module, *args = argv
-    proc = subprocess.run(
-        [sys.executable, "-m", f"{{ cookiecutter.package }}.{module}", *args],
-        capture_output=True,
+{% else %}@pytest.mark.parametrize("kind", ["cpu", "io"])
+def test_worker_refuses_to_start_on_bad_env(clean_env, kind):
+    clean_env.setenv("IO_CONCURRENCY", "abc")
+{% endif %}    proc = subprocess.run(
+{% if cookiecutter.web_api == "fastapi" %}        [sys.executable, "-m", f"{{ cookiecutter.package }}.{module}", *args],
+{% else %}        [sys.executable, "-m", "{{ cookiecutter.package }}.worker", kind],
+{% endif %}        capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [line]
-
+{% if cookiecutter.web_api == "fastapi" %}    assert proc.stderr.strip().splitlines() == [line]
+{% else %}    assert proc.stderr.strip().splitlines() == [
+        "settings error: IO_CONCURRENCY='abc' is invalid (Input should be a valid integer, "
+        "unable to parse string as an integer); accepted: an integer from 1 to 10000"
+    ]
+{% endif %}
 
 def test_password_from_a_file_in_secrets_dir(clean_env, tmp_path):
     clean_env.setenv("REDIS_URL", "redis://redis:6379/0")
@@ -286,7 +294,7 @@ def test_tls_options_pass_a_rediss_urls_ssl_parameters_on():
     url = "rediss://:pw@redis:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem&health=1"
     assert tls_options(url) == {"ssl_cert_reqs": "required", "ssl_ca_certs": "/ca.pem"}
     assert tls_options("redis://:pw@redis:6379/0?ssl_cert_reqs=required") is None
-
+{% if cookiecutter.web_api == "fastapi" %}
 
 def test_a_short_api_key_is_refused_without_showing_it(clean_env):
     clean_env.setenv("API_KEY", "short-key")
@@ -296,3 +304,4 @@ def test_a_short_api_key_is_refused_without_showing_it(clean_env):
         "settings error: API_KEY=<hidden> is invalid (is shorter than 16 characters); "
         "accepted: a string of at least 16 characters (env or the file api_key in SECRETS_DIR)"
     ]
+{% endif %}

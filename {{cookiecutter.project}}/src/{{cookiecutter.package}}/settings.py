@@ -1,7 +1,8 @@
 """The one place that reads configuration: environment in, typed and validated values out.
 
-Secrets (REDIS_PASSWORD, FLOWER_PASSWORD, API_KEY) come from the environment or from a file named after
-the variable in lower case in SECRETS_DIR (default /run/secrets, where compose, Swarm and
+{% if cookiecutter.web_api == "fastapi" %}Secrets (REDIS_PASSWORD, FLOWER_PASSWORD, API_KEY) come from the environment or from a file named after
+{% else %}Secrets (REDIS_PASSWORD, FLOWER_PASSWORD) come from the environment or from a file named after
+{% endif %}the variable in lower case in SECRETS_DIR (default /run/secrets, where compose, Swarm and
 Kubernetes mount them). A bad value stops start-up with one line per problem, naming the
 variable, before anything connects to Redis; secret values are never printed.
 """
@@ -34,8 +35,9 @@ DEFAULT_SECRETS_DIR = "/run/secrets"
 
 # Values shown in errors are hidden for these variables: they carry passwords. Their
 # validators raise fixed messages only (a parser's message can quote part of the input).
-SECRET_FIELDS = {"redis_url", "redis_password", "flower_password", "api_key"}
-
+{% if cookiecutter.web_api == "fastapi" %}SECRET_FIELDS = {"redis_url", "redis_password", "flower_password", "api_key"}
+{% else %}SECRET_FIELDS = {"redis_url", "redis_password", "flower_password"}
+{% endif %}
 # The values Celery's result backend accepts for a rediss:// URL's ssl_cert_reqs (any case).
 _CERT_REQS = {"required", "optional", "none", "cert_required", "cert_optional", "cert_none"}
 
@@ -45,9 +47,9 @@ ACCEPTED = {
     "redis_password": "a non-empty string (env or the file redis_password in SECRETS_DIR)",
     "flower_user": "a name without ':' or ','",
     "flower_password": "a non-empty string without ',' (env or the file flower_password in SECRETS_DIR)",
-    "api_key": "a string of at least 16 characters (env or the file api_key in SECRETS_DIR)",
+{% if cookiecutter.web_api == "fastapi" %}    "api_key": "a string of at least 16 characters (env or the file api_key in SECRETS_DIR)",
     "api_publish_timeout": "seconds, a number above 0 and up to 30",
-    "cpu_pool": "prefork or solo",
+{% endif %}    "cpu_pool": "prefork or solo",
     "io_pool": "gevent or threads",
     "cpu_concurrency": "'auto' or an integer from 1 to 1024",
     "io_concurrency": "an integer from 1 to 10000",
@@ -88,11 +90,11 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = None
     flower_user: str = "admin"
     flower_password: SecretStr | None = None
-    # The web API's clients send it as a bearer token (api.py); without it the API refuses to start.
+{% if cookiecutter.web_api == "fastapi" %}    # The web API's clients send it as a bearer token (api.py); without it the API refuses to start.
     api_key: SecretStr | None = None
     # The API answers 503 when a publish has not reached Redis within this long.
     api_publish_timeout: float = Field(5.0, gt=0, le=30)
-    cpu_pool: Literal["prefork", "solo"] = "{{ cookiecutter.cpu_pool }}"
+{% endif %}    cpu_pool: Literal["prefork", "solo"] = "{{ cookiecutter.cpu_pool }}"
     io_pool: Literal["gevent", "threads"] = "{{ cookiecutter.io_pool }}"
     # "auto": Celery sizes prefork to the container's CPU quota and affinity.
     cpu_concurrency: Concurrency | Literal["auto"] = "{{ cookiecutter.cpu_concurrency }}"
@@ -179,14 +181,14 @@ class Settings(BaseSettings):
     def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value():
             raise ValueError("is empty")
-        return value
+{% if cookiecutter.web_api == "fastapi" %}        return value
 
     @field_validator("api_key")
     @classmethod
     def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value().strip()) < 16:
             raise ValueError("is shorter than 16 characters")
-        return value
+{% endif %}        return value
 
     @field_validator("flower_password")
     @classmethod
