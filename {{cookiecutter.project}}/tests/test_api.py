@@ -14,12 +14,16 @@ import pytest
 import redis
 import urllib3
 
+from test_durable import aof_redis, no_aof_redis, waitaof_calls
+
 from bench.procs import free_port
 from conftest import stop, wait_until, with_redis
 
 PACKAGE = "{{ cookiecutter.package }}"
 START = 120  # safety nets against a hang, not speed bounds
 DONE = 120
+# Fixtures: a Redis 7.2+ (WAITAOF), found as test_durable finds one.
+__all__ = ["aof_redis", "no_aof_redis"]
 POOLS = {"cpu": os.environ.get("CPU_POOL", "{{ cookiecutter.cpu_pool }}"),
          "io": os.environ.get("IO_POOL", "{{ cookiecutter.io_pool }}")}  # fmt: skip
 
@@ -185,5 +189,35 @@ def test_a_redis_outage_answers_503_and_nothing_is_enqueued(stack_env, private_r
         assert server.call("POST", "/tasks/count-primes", {"limit": 10})[0] == 202
         assert client.llen("cpu") == 2
         assert server.call("GET", "/readyz", key=None)[0] == 200
+    finally:
+        stop(server.proc)
+
+
+def test_with_durable_publish_a_202_comes_after_redis_has_it_on_disk(
+    stack_env, aof_redis, tmp_path
+):
+    env = {**with_redis(stack_env, aof_redis, tmp_path / "secrets"), "DURABLE_PUBLISH": "true"}
+    server = Api(env, tmp_path / "secrets", tmp_path / "api.log")
+    client = redis.Redis.from_url(aof_redis)
+    try:
+        waited = waitaof_calls(client)
+        assert server.call("POST", "/tasks/count-primes", {"limit": 10})[0] == 202
+        assert client.llen("cpu") == 1 and waitaof_calls(client) == waited + 1
+    finally:
+        stop(server.proc)
+
+
+def test_with_durable_publish_and_no_append_only_file_the_api_says_so(
+    stack_env, no_aof_redis, tmp_path
+):
+    env = {**with_redis(stack_env, no_aof_redis, tmp_path / "secrets"), "DURABLE_PUBLISH": "true"}
+    server = Api(env, tmp_path / "secrets", tmp_path / "api.log")
+    try:
+        status, answer = server.call("POST", "/tasks/count-primes", {"limit": 10})
+        assert status == 503, answer
+        assert answer["detail"].startswith(
+            "not confirmed on disk (Redis has its append-only file off"
+        )
+        assert answer["detail"].endswith("sent, it may still run")
     finally:
         stop(server.proc)

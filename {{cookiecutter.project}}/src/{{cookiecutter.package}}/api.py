@@ -33,6 +33,10 @@ from {{ cookiecutter.package }}.celery_app import app as celery
 from {{ cookiecutter.package }}.settings import get_settings
 from {{ cookiecutter.package }}.tasks import cpu, io
 
+# Celery's current app is per thread, and Redis calls run in worker threads: make this app the
+# default there too (durable publishing, canvas), not a blank one aiming at localhost.
+celery.set_default()
+
 # A few quick tries within the publish timeout; Celery's default retries for ~10 s.
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.3, "interval_max": 1}
 
@@ -99,22 +103,27 @@ web: FastAPI = FastAPIOffline(
 guarded = [Depends(require_key)]
 
 
-async def in_thread(call, what: str):
-    """Run a blocking Redis call off the event loop; 503 if Redis does not answer in time."""
+def unavailable(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail)
+
+
+def said(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+async def in_thread(call, what: str, failed: str):
+    """Run a blocking Redis call off the event loop; 503 if Redis fails or does not answer
+    in time (``what``: what is then unknown; ``failed``: what a refused call means)."""
     timeout = get_settings().api_publish_timeout
     try:
         with anyio.fail_after(timeout):
             return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
     except TimeoutError:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"Redis did not answer within {timeout:g} s: {what} unknown",
-        ) from None
-    except (OperationalError, RedisError, OSError, durable.DurablePublishError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"Redis unreachable ({reason}): {what} failed"
-        ) from None
+        raise unavailable(f"Redis did not answer within {timeout:g} s: {what} is unknown") from None
+    except durable.DurablePublishError as exc:  # sent; Redis cannot say it is on disk
+        raise unavailable(f"not confirmed on disk ({said(exc)}): sent, it may still run") from None
+    except (OperationalError, RedisError, OSError) as exc:
+        raise unavailable(f"Redis unreachable ({said(exc)}): {failed}") from None
 
 
 async def enqueue(signature, queue: str) -> Enqueued:
@@ -127,7 +136,7 @@ async def enqueue(signature, queue: str) -> Enqueued:
         return signature.apply_async(retry=True, retry_policy=PUBLISH_RETRY)
 
     try:
-        result = await in_thread(publish, "whether the task was enqueued is")
+        result = await in_thread(publish, "whether the task was enqueued", "not enqueued")
     except DelayTooLong as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
     return Enqueued(id=result.id, queue=queue, state_url=f"/tasks/{result.id}")
@@ -159,7 +168,9 @@ async def fetch(body: Fetch) -> Enqueued:
 async def start_pipeline(body: Pipeline) -> Enqueued:
     """Fetch every URL on io, then reduce them on cpu (a chord); the id is the reduce's."""
     urls = [str(url) for url in body.urls]
-    result = await in_thread(lambda: pipeline.build(urls), "whether the pipeline started is")
+    result = await in_thread(
+        lambda: pipeline.build(urls), "whether the pipeline started", "not started, or in part"
+    )
     return Enqueued(
         id=result.id, queue=route_of(cpu.reduce_fetches), state_url=f"/tasks/{result.id}"
     )
@@ -168,7 +179,9 @@ async def start_pipeline(body: Pipeline) -> Enqueued:
 @web.get("/tasks/{task_id}", dependencies=guarded, tags=["state"])
 async def task_state(task_id: Annotated[str, Path(max_length=255)]) -> TaskState:
     """A task's state, its result or error, and where it ran."""
-    meta = await in_thread(lambda: celery.backend.get_task_meta(task_id), "state")
+    meta = await in_thread(
+        lambda: celery.backend.get_task_meta(task_id), "its state", "state unknown"
+    )
     state, value = meta["status"], meta.get("result")
     if state == "FAILURE" or isinstance(value, BaseException):
         return TaskState(id=task_id, state=state, error=f"{type(value).__name__}: {value}")
@@ -195,7 +208,7 @@ async def ready() -> JSONResponse:
             return bool(conn.default_channel.client.ping())
 
     try:
-        await in_thread(ping, "readiness")
+        await in_thread(ping, "readiness", "not ready")
     except HTTPException as exc:
         return JSONResponse({"ok": False, "detail": exc.detail}, status_code=503)
     return JSONResponse({"ok": True})
