@@ -19,6 +19,7 @@ from k8s import (
     VARIANTS,
     config_data,
     container,
+    container_env,
     cpu_cores,
     kustomize,
     named,
@@ -182,6 +183,21 @@ def test_app_containers_keep_the_images_init(rendered):
             spec = container(obj)
             assert "command" not in spec, f"{variant} {obj['metadata']['name']}"
             assert spec["args"][:2] == ["python", "-m"]
+
+
+def test_deployments_run_what_compose_runs(project, rendered):
+    """Each Deployment named like a compose service runs its command and gets every variable
+    that service reads (from the ConfigMap, or its own env), the web API's included."""
+    compose = yaml.safe_load((project / "compose.yaml").read_text())["services"]
+    for variant, objects in rendered.items():
+        deployments = {n: o for n, o in workloads(objects).items() if o["kind"] == "Deployment"}
+        assert set(deployments) <= set(compose), variant
+        for name, obj in deployments.items():
+            spec = container(obj)
+            assert spec["args"] == compose[name]["command"], (variant, name)
+            given = container_env(spec, objects)
+            wanted = set(compose[name].get("environment") or {})
+            assert wanted <= set(given), (variant, name, sorted(wanted - set(given)))
 
 
 def test_long_running_containers_have_three_probes(rendered):
