@@ -8,6 +8,8 @@ import secrets
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -193,31 +195,32 @@ def test_a_redis_outage_answers_503_and_nothing_is_enqueued(stack_env, private_r
         stop(server.proc)
 
 
+@contextmanager
+def durable_api(stack_env, url: str, tmp_path: Path) -> Iterator[Api]:
+    """An API of the test's own on the Redis at ``url``, with DURABLE_PUBLISH=true."""
+    env = {**with_redis(stack_env, url, tmp_path / "secrets"), "DURABLE_PUBLISH": "true"}
+    server = Api(env, tmp_path / "secrets", tmp_path / "api.log")
+    try:
+        yield server
+    finally:
+        stop(server.proc)
+
+
 def test_with_durable_publish_a_202_comes_after_redis_has_it_on_disk(
     stack_env, aof_redis, tmp_path
 ):
-    env = {**with_redis(stack_env, aof_redis, tmp_path / "secrets"), "DURABLE_PUBLISH": "true"}
-    server = Api(env, tmp_path / "secrets", tmp_path / "api.log")
     client = redis.Redis.from_url(aof_redis)
-    try:
+    with durable_api(stack_env, aof_redis, tmp_path) as server:
         waited = waitaof_calls(client)
         assert server.call("POST", "/tasks/count-primes", {"limit": 10})[0] == 202
         assert client.llen("cpu") == 1 and waitaof_calls(client) == waited + 1
-    finally:
-        stop(server.proc)
 
 
 def test_with_durable_publish_and_no_append_only_file_the_api_says_so(
     stack_env, no_aof_redis, tmp_path
 ):
-    env = {**with_redis(stack_env, no_aof_redis, tmp_path / "secrets"), "DURABLE_PUBLISH": "true"}
-    server = Api(env, tmp_path / "secrets", tmp_path / "api.log")
-    try:
+    with durable_api(stack_env, no_aof_redis, tmp_path) as server:
         status, answer = server.call("POST", "/tasks/count-primes", {"limit": 10})
-        assert status == 503, answer
-        assert answer["detail"].startswith(
-            "not confirmed on disk (Redis has its append-only file off"
-        )
-        assert answer["detail"].endswith("sent, it may still run")
-    finally:
-        stop(server.proc)
+    assert status == 503, answer
+    assert answer["detail"].startswith("not confirmed on disk (Redis has its append-only file off")
+    assert answer["detail"].endswith("sent, it may still run")
