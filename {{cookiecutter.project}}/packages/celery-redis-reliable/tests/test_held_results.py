@@ -97,6 +97,18 @@ def test_an_ack_deferred_by_a_lost_connection_stores_the_result_first(private_re
     assert queued_bodies(client, "held") == [{"task": task_id}]
 
 
+def test_a_channel_lost_with_reserved_deliveries_lets_them_go(private_redis):
+    """Reserved deliveries that never ack (Celery drops them on a lost connection) must not
+    keep the closed channel's QoS alive, nor let a result be held for them."""
+    with connect(private_redis.url) as conn:
+        message, *_ = take(conn)
+        assert set(broker.STATE.held) == {message.delivery_tag}
+        private_redis.stop()
+        conn.default_channel.close()
+        assert broker.STATE.held == {}
+        private_redis.start()
+
+
 def test_a_settle_refused_by_a_lost_connection_stores_the_result_first(private_redis):
     """Redis goes away under a live channel: the one script fails, the result is stored the
     backend's way once Redis answers, then the ack runs as before (after a restart: put back)."""

@@ -460,6 +460,9 @@ class QoS(kombu_redis.QoS):
             for tag in tags:
                 # Kept: a task still running acks this delivery later, cancelling the restore.
                 STATE.defer(tag, True, self.scores.get(tag))
+                # No result is held for it from now on, and this closed QoS is not kept alive
+                # for deliveries that never ack (reserved ones, dropped by Celery).
+                STATE.held.pop(tag, None)
             self._delivered.clear()
             logger.warning(
                 "%d unacknowledged tasks go back once Redis answers: %s", len(tags), said(exc)
