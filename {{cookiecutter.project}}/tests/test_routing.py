@@ -97,3 +97,21 @@ def test_no_soft_shutdown_when_off_or_not_prefork(env):
     settings = Settings(redis_url="redis://:pw@r:6379/0", **env)
     assert "--" not in worker_argv("cpu", settings)
     assert "REMAP_SIGTERM" not in worker_env("cpu", settings)
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["this app", "another app (untuned)"])
+def test_only_this_apps_workers_get_the_cheap_success_line(ours, monkeypatch):
+    from celery import Celery, signals
+    from celery.app import trace
+    from celery.concurrency.gevent import TaskPool
+    from celery_redis_reliable.logline import bounded_repr
+
+    monkeypatch.setattr(trace, "saferepr", trace.saferepr)  # restored after the test
+
+    class Worker:  # what the signal reads of a WorkController
+        pool_cls = TaskPool
+
+    worker = Worker()
+    worker.app = app if ours else Celery(set_as_current=False)
+    signals.worker_init.send(sender=worker)
+    assert (trace.saferepr is bounded_repr) is ours

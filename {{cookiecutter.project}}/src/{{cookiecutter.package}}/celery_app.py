@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 from celery import Celery, Task, signals
 from celery.concurrency import get_implementation
 from celery.utils.time import maybe_make_aware
+from celery_redis_reliable import logline
 from celery_redis_reliable.events import BufferedTaskEvents
 from kombu import Exchange, Queue
 
@@ -248,6 +249,10 @@ def _record_pool(sender=None, **kwargs):
     # e.g. celery.concurrency.gevent:TaskPool -> "gevent"
     name = get_implementation(sender.pool_cls).__module__.rsplit(".", 1)[-1]
     RUNTIME["pool"] = {"thread": "threads"}.get(name, name)
+    # The per-task success line without Celery's costly repr of the result (logline.py); in
+    # this app's workers only: the benchmark's untuned baseline imports this module too.
+    if sender.app is app:
+        logline.install()
 
 
 # Niceness of the processes running CPU-bound tasks (prefork children; a solo worker itself).

@@ -1,4 +1,5 @@
-"""The kombu and Celery internals ``transport.py``, ``results.py`` and ``events.py`` override or call.
+"""The kombu and Celery internals ``transport.py``, ``results.py``, ``events.py`` and ``logline.py``
+override or call.
 
 kombu 5.7 and Celery 5.7 define them so; neither promises to keep them: importing the library
 checks them (every process that loads the app), so an upgrade that changes one stops the process
@@ -96,6 +97,11 @@ EVENTS_SOURCES: dict[tuple[type, str], None] = {
     (celery_dispatcher.EventDispatcher, "extend_buffer"): None,
 }
 
+# logline.py swaps the ``saferepr`` the tracer renders each result with for its success line.
+from celery.app import trace as celery_trace  # noqa: E402
+
+TRACE_SOURCES: dict[tuple[object, str], None] = {(celery_trace, "build_tracer"): None}
+
 # Versions the hashes below were taken from (current_sources() when porting).
 TESTED_KOMBU = "5.7.0"
 TESTED_CELERY = "5.7.0"
@@ -141,6 +147,7 @@ SOURCES: dict[str, str] = {
     "celery.events.dispatcher.EventDispatcher.send": "570d37d0628191dc",
     "celery.events.dispatcher.EventDispatcher.flush": "cfe9e993dd78d2bc",
     "celery.events.dispatcher.EventDispatcher.extend_buffer": "e21817bb12ff11b0",
+    "celery.app.trace.build_tracer": "08ed56a73aae7ff5",
 }
 
 
@@ -174,8 +181,10 @@ def changes(table: dict[tuple[type, str], str | None] = EXPECTED) -> list[str]:
 
 def _functions():
     """Every guarded attribute that is code, by dotted name."""
-    for table in (EXPECTED, CELERY_EXPECTED, CELERY_SOURCES, EVENTS_SOURCES):
+    for table in (EXPECTED, CELERY_EXPECTED, CELERY_SOURCES, EVENTS_SOURCES, TRACE_SOURCES):
         for owner, name in table:
+            module = owner if inspect.ismodule(owner) else None
+            where = module.__name__ if module else f"{owner.__module__}.{owner.__name__}"
             value = inspect.getattr_static(owner, name, None)
             if isinstance(value, property):
                 value = value.fget
@@ -184,7 +193,7 @@ def _functions():
             elif hasattr(value, "func"):  # cached_property
                 value = value.func
             if inspect.isfunction(value):
-                yield f"{owner.__module__}.{owner.__name__}.{name}", value
+                yield f"{where}.{name}", value
 
 
 def current_sources() -> dict[str, str]:
