@@ -2,9 +2,9 @@
 
 Celery buffers task events only when the worker runs an event-loop hub (prefork, solo,
 threads); under gevent every ``task-received``/``started``/``succeeded`` is its own Redis
-publish (the ``XXX`` note in ``celery/worker/consumer/events.py``). Measured with the
-project's benchmark on 2 cores: io at C=500, L=1 s reached 55% of the bound with events on
-against 76% off. This consumer bootstep gives the gevent worker's dispatcher the same task
+publish (the ``XXX`` note in ``celery/worker/consumer/events.py``), which costs the io worker
+a good part of its throughput (the project's docs/benchmark.md has the figures). This
+consumer bootstep gives the gevent worker's dispatcher the same task
 buffer (sent as ``task.multi``, which Flower and Celery's event receivers read), flushed
 every ``TASK_EVENTS_FLUSH_INTERVAL`` seconds, when ``buffer_limit`` events are waiting, before a reconnect
 and at shutdown. Workers with a hub are left exactly as Celery runs them.
