@@ -107,7 +107,7 @@ def unavailable(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail)
 
 
-def said(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -121,9 +121,11 @@ async def in_thread(call, what: str, failed: str):
     except TimeoutError:
         raise unavailable(f"Redis did not answer within {timeout:g} s: {what} is unknown") from None
     except durable.DurablePublishError as exc:  # sent; Redis cannot say it is on disk
-        raise unavailable(f"not confirmed on disk ({said(exc)}): sent, it may still run") from None
+        raise unavailable(
+            f"not confirmed on disk ({error_text(exc)}): sent, it may still run"
+        ) from None
     except (OperationalError, RedisError, OSError) as exc:
-        raise unavailable(f"Redis unreachable ({said(exc)}): {failed}") from None
+        raise unavailable(f"Redis unreachable ({error_text(exc)}): {failed}") from None
 
 
 async def enqueue(signature, queue: str) -> Enqueued:

@@ -16,7 +16,7 @@ store (nothing there yet) stays one round trip with every encoding.
 
 A full Redis (``maxmemory`` with ``noeviction``) refuses the write. Celery gave up on the
 result at once (it retries connection errors only): the task had run, its result was lost.
-Here the store waits for room, as long as Redis stays full, said once per full period.
+Here the store waits for room, as long as Redis stays full, logged once per full period.
 """
 
 from __future__ import annotations

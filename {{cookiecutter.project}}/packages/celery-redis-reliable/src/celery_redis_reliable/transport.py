@@ -23,7 +23,7 @@ test and is shown by ``tests/test_transport.py`` (this library's):
    the ``REJECTED_KEY`` list for inspection, and the worker goes on.
 4. A full Redis (``maxmemory`` with ``noeviction``) refuses BLMOVE: the refusal raised out
    of the transport and stopped the prefork worker ("Unrecoverable error: OutOfMemoryError").
-   Here a refused take is retried every ``FULL_PAUSE`` seconds, said once per full period;
+   Here a refused take is retried every ``FULL_PAUSE`` seconds, logged once per full period;
    settles Redis refuses then are deferred as after a lost connection.
 5. With ``appendfsync everysec`` a Redis crash loses its last second of writes, a task's
    result among them, while an ack deferred or retried past the restart still removed the
@@ -185,7 +185,7 @@ class ProcessState:
         self.acks: set[tuple[str, float | None, str]] = set()  # done: forget them in Redis
         self.restores: set[tuple[str, float | None]] = set()  # put back on their queue
         self.seen: dict[str, dict[str, float]] = {}  # taken list -> entry digest -> first seen
-        self.said: set[str] = set()
+        self.logged_once: set[str] = set()
         self.full: set[str] = set()  # what waits for a full Redis to have room
 
     def full_for(self, what: str, exc: BaseException) -> None:
@@ -196,7 +196,7 @@ class ProcessState:
             self.full.add(what)
         logger.warning(
             "Redis is full (maxmemory, noeviction): %s paused until it has room (%s)",
-            what, said(exc),
+            what, error_text(exc),
         )  # fmt: skip
 
     def room_for(self, what: str) -> None:
@@ -229,12 +229,12 @@ class ProcessState:
                         finish(*delivery)
                     except Exception as exc:  # never out of a channel or the consumer loop
                         logger.warning(
-                            "task %s not settled in Redis yet: %s", delivery[0], said(exc)
+                            "task %s not settled in Redis yet: %s", delivery[0], error_text(exc)
                         )
                         continue
                     pending.discard(delivery)
 
-    def stale(self, taken: str, entries: list[bytes], now: float) -> list[bytes]:
+    def taken_too_long(self, taken: str, entries: list[bytes], now: float) -> list[bytes]:
         """Entries of ``taken`` this process has seen there for TAKEN_GRACE seconds."""
         current = {hashlib.sha256(raw).hexdigest(): raw for raw in entries}
         with self.lock:
@@ -246,11 +246,11 @@ class ProcessState:
                 del seen[digest]
         return [current[d] for d in old]
 
-    def say_once(self, level: int, message: str) -> None:
+    def log_once(self, level: int, message: str) -> None:
         with self.lock:
-            if message in self.said:
+            if message in self.logged_once:
                 return
-            self.said.add(message)
+            self.logged_once.add(message)
         logger.log(level, message)
 
 
@@ -289,7 +289,7 @@ def envelope_problem(payload, channel) -> str | None:
     return None
 
 
-def said(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     # redis-py's exceptions repr as e.g. "server:ResponseError", without the server's words.
     return f"{type(exc).__name__}: {exc}"
 
@@ -340,7 +340,7 @@ class QoS(kombu_redis.QoS):
                 elif not (life := self._record_taken(taken, delivery_tag, score, record)):
                     raise PutBack(delivery_tag)
                 if life == NO_LIFE:
-                    STATE.say_once(logging.WARNING, NO_LIFE_WARNING)
+                    STATE.log_once(logging.WARNING, NO_LIFE_WARNING)
                 self.scores[delivery_tag], self.lives[delivery_tag] = score, life
                 return virtual.QoS.append(self, message, delivery_tag)
             except (*self.channel.connection_errors, OutOfMemoryError) as exc:
@@ -353,7 +353,7 @@ class QoS(kombu_redis.QoS):
                     where = "put back once Redis answers" if taken else "lost unless recorded"
                     logger.error(
                         "task %s not recorded, %s: %s",
-                        (message.headers or {}).get("id"), where, said(exc),
+                        (message.headers or {}).get("id"), where, error_text(exc),
                     )  # fmt: skip
                     raise
                 time.sleep(RECORD_RETRY_PAUSE)
@@ -391,7 +391,7 @@ class QoS(kombu_redis.QoS):
                 STATE.defer(tag, True, self.scores.get(tag))
             self._delivered.clear()
             logger.warning(
-                "%d unacknowledged tasks go back once Redis answers: %s", len(tags), said(exc)
+                "%d unacknowledged tasks go back once Redis answers: %s", len(tags), error_text(exc)
             )
 
     def ack(self, delivery_tag):
@@ -427,7 +427,7 @@ class QoS(kombu_redis.QoS):
             try:
                 return settle()
             except (*self.channel.connection_errors, OutOfMemoryError) as exc:
-                logger.warning("task settled once Redis answers (%s)", said(exc))
+                logger.warning("task settled once Redis answers (%s)", error_text(exc))
         STATE.defer(delivery_tag, requeue, *self._release(delivery_tag))
         virtual.QoS.ack(self, delivery_tag)  # settled in memory; in Redis by STATE.settle
 
@@ -523,7 +523,7 @@ class Channel(kombu_redis.Channel):
         return ret
 
     def _blmove_queue(self) -> str | None:
-        """The one queue to take from with BLMOVE, or None for kombu's BRPOP (said once)."""
+        """The one queue to take from with BLMOVE, or None for kombu's BRPOP (logged once)."""
         queues = self.active_queues
         if not queues:
             return None
@@ -532,7 +532,7 @@ class Channel(kombu_redis.Channel):
             return queues[0]
         # No acknowledgements: nothing to lose by BRPOP, and `celery inspect` would print it.
         level = logging.INFO if reason.startswith("no ack") else logging.WARNING
-        STATE.say_once(level, f"kombu's BRPOP, no taken list, for a consumer with {reason}")
+        STATE.log_once(level, f"kombu's BRPOP, no taken list, for a consumer with {reason}")
         return None
 
     def _plain_reason(self, queues: list[str]) -> str | None:
@@ -665,11 +665,11 @@ class Channel(kombu_redis.Channel):
             kombu_redis.QoS.restore_visible(self.qos, num=self.unacked_restore_limit, interval=1)
             STATE.room_for(SWEEPING)
         except self.connection_errors as exc:
-            logger.debug("sweep of the taken list skipped: %s", said(exc))
+            logger.debug("sweep of the taken list skipped: %s", error_text(exc))
         except OutOfMemoryError as exc:  # kombu's restore takes a lock with SET NX
             STATE.full_for(SWEEPING, exc)
         except self.ResponseError as exc:
-            logger.warning("sweep of the taken list failed, will retry: %s", said(exc))
+            logger.warning("sweep of the taken list failed, will retry: %s", error_text(exc))
 
     def sweep_taken(self) -> None:
         """Put back entries that stayed in <queue>.taken for TAKEN_GRACE seconds."""
@@ -679,7 +679,7 @@ class Channel(kombu_redis.Channel):
         taken = queue + TAKEN_SUFFIX
         with self.conn_or_acquire() as client:
             entries = client.lrange(taken, -SWEEP_LOOK, -1)  # BLMOVE pushes left: oldest last
-            for raw in STATE.stale(taken, entries, time.monotonic()):
+            for raw in STATE.taken_too_long(taken, entries, time.monotonic()):
                 if PUT_BACK([taken, queue], [raw, -1], client):
                     logger.warning("put back a task taken but never recorded: %.80r", raw)
 
