@@ -46,9 +46,14 @@ def container(workload: dict) -> dict:
     return only
 
 
+def config_name(objects: list[dict]) -> str:
+    """The knobs' ConfigMap (the other one holds Redis's acl.sh)."""
+    (name,) = (n for n in named(objects, "ConfigMap") if not n.startswith("redis-acl"))
+    return name
+
+
 def config_data(objects: list[dict]) -> dict[str, str]:
-    (config,) = named(objects, "ConfigMap").values()
-    return config["data"]
+    return named(objects, "ConfigMap")[config_name(objects)]["data"]
 
 
 def secret_data(objects: list[dict]) -> dict[str, bytes]:

@@ -49,12 +49,13 @@ user worker '~* &*' \
   +multi +exec +discard +watch +unwatch +info +time
 
 # The producer CLI, the web API and the dead-letter tools: enqueue, read results and queue
-# lengths, durable publish. It takes no task (no BLMOVE/BRPOP/LREM) and writes results of
-# none; SET/DEL only on group results and the durable-publish fence; the dead-letter
-# hash only through its commands.
-user producer '~* &celery-task-meta-* &/0.celeryev/*' \
-  +lpush +sadd +get +mget +llen +publish +subscribe +unsubscribe \
+# lengths, durable publish. It takes no task (no BLMOVE/BRPOP/LREM) and writes no result:
+# it publishes task-sent events only and subscribes to results; SET/DEL only on group
+# results and the durable-publish fence; the dead-letter hash only through its commands.
+user producer '~* &/0.celeryev/*' \
+  +lpush +sadd +get +mget +llen +publish +unsubscribe \
   +multi +exec +info ${since72:++waitaof} \
+  "(&celery-task-meta-* +subscribe +unsubscribe)" \
   "(~celery-taskset-meta-* ~durable-publish:fence +set +del)" \
   "(~deadletter ~deadletter.index +hgetall +hget +hdel +zrem +evalsha +script|load)"
 
