@@ -152,7 +152,9 @@ def test_remove_unchosen(tmp_path):
 
 def test_no_web_api_leaves_no_trace_of_it(tmp_path):
     project = generate(tmp_path, web_api="none")
-    roles = tuple(f"redis_{u}_password" for u in ("worker", "producer", "flower", "exporter", "keda"))
+    roles = tuple(
+        f"redis_{u}_password" for u in ("worker", "producer", "flower", "exporter", "keda")
+    )
     assert post.secret_files({"web_api": "none"}) == ("redis_password", *roles, "flower_password")
     assert sorted(p.name for p in (project / "secrets").iterdir()) == sorted(
         post.secret_files({"web_api": "none"})

@@ -15,7 +15,12 @@ from conftest import generate, run
 # Variables only the stack reads (compose builds its image and runs one replica of each).
 SWARM_ONLY = {"IMAGE", "CPU_REPLICAS", "IO_REPLICAS", "CPU_WORKER_CPUS"}
 ROLES = ("worker", "producer", "flower", "exporter", "keda")  # Redis ACL users (acl.sh)
-SECRETS = ("redis_password", *(f"redis_{r}_password" for r in ROLES), "flower_password", "api_key")  # api_key with the web API only
+SECRETS = (
+    "redis_password",
+    *(f"redis_{r}_password" for r in ROLES),
+    "flower_password",
+    "api_key",
+)  # api_key with the web API only
 SAME = ("command", "entrypoint", "healthcheck", "stop_grace_period", "user", "read_only", "init")
 CASES = {
     "default": {},
@@ -82,7 +87,9 @@ def test_stack_and_compose_read_the_same_variables(project):
     # compose tags what it builds (Swarm runs IMAGE); Swarm publishes Flower only through
     # stack.flower-host.yaml, which reads FLOWER_PORT.
     assert compose - stack == {"IMAGE_TAG", "FLOWER_PORT"}
-    assert "FLOWER_PORT" in variables_of_override(project / "deploy" / "swarm" / "stack.flower-host.yaml")
+    assert "FLOWER_PORT" in variables_of_override(
+        project / "deploy" / "swarm" / "stack.flower-host.yaml"
+    )
     example = (project / ".env.example").read_text()
     for name in stack:
         assert re.search(rf"(?m)^(# )?{name}=", example), f"{name} is not in .env.example"
@@ -185,7 +192,12 @@ def test_each_python_service_logs_in_as_its_role_with_only_its_secret(project):
 def test_flower_is_published_only_by_its_override_on_the_labelled_node(project):
     if shutil.which("docker") is None:
         pytest.fail("the docker client is needed (.ci/docker-engine.sh installs it)")
-    env = {**os.environ, "IMAGE": "registry.example/app:1.2", "FLOWER_USER": "ops", "FLOWER_PORT": "5601"}
+    env = {
+        **os.environ,
+        "IMAGE": "registry.example/app:1.2",
+        "FLOWER_USER": "ops",
+        "FLOWER_PORT": "5601",
+    }
     base = ["-c", "deploy/swarm/stack.yaml"]
     plain = yaml.safe_load(run(["docker", "stack", "config", *base], cwd=project, env=env).stdout)
     assert "ports" not in plain["services"]["flower"]
@@ -194,7 +206,8 @@ def test_flower_is_published_only_by_its_override_on_the_labelled_node(project):
     flower = out["services"]["flower"]
     # Host mode: only the node running the task listens; no ingress on every node.
     assert [(p["mode"], p["published"], p["target"]) for p in flower["ports"]] in (
-        [("host", 5601, 5555)], [("host", "5601", 5555)]
+        [("host", 5601, 5555)],
+        [("host", "5601", 5555)],
     )
     package = next(p.name for p in (project / "src").iterdir() if p.is_dir())
     assert flower["deploy"]["placement"]["constraints"] == [f"node.labels.{package}.flower == true"]

@@ -203,7 +203,8 @@ def test_every_roles_real_process_works_as_its_user(acl, stack_env, tmp_path):
         wait_until(exporter_reports, 90, "the exporter's worker metrics")
         assert "celery_broker_up 1.0" in metrics
         assert any(line.startswith('celery_queue_waiting{queue="cpu"}') for line in metrics)
-        assert any(line.startswith('celery_tasks_total{queue="io",state="succeeded"}') for line in metrics)
+        succeeded = 'celery_tasks_total{queue="io",state="succeeded"}'
+        assert any(line.startswith(succeeded) for line in metrics)
         # Every command of every process was allowed: the lists in acl.sh are complete for
         # what these processes did.
         assert [(e["username"], e["reason"], e["object"]) for e in acl.refused()] == []
