@@ -30,7 +30,8 @@ NODES = 3
 SCRIPT = TEMPLATE / ".ci" / "swarm-nodes.sh"
 # The last file (test only) runs Redis from the private base image, as the compose tests do.
 FILES = (
-    "-c deploy/swarm/stack.yaml -c deploy/swarm/stack.dnsrr.yaml -c deploy/swarm/stack.flower-host.yaml"
+    "-c deploy/swarm/stack.yaml -c deploy/swarm/stack.demo.yaml -c deploy/swarm/stack.dnsrr.yaml"
+    " -c deploy/swarm/stack.flower-host.yaml"
     " -c deploy/swarm/stack.test.yaml"
 )
 REDIS = base_image("redis:8")

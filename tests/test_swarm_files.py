@@ -63,10 +63,23 @@ def variables_of_override(path: Path) -> set[str]:
     return set(re.findall(r"\$\{([A-Z_]+)", path.read_text()))
 
 
+def with_demo(stack: dict, demo: dict) -> dict:
+    """stack.yaml's services with stack.demo.yaml's merged in (environments key by key)."""
+    merged = {name: dict(service) for name, service in stack.items()}
+    for name, service in demo.items():
+        base = merged.setdefault(name, {})
+        env = {**base.get("environment", {}), **service.get("environment", {})}
+        merged[name] = {**base, **service, "environment": env}
+    return merged
+
+
 def test_stack_runs_what_compose_runs(project):
     compose = always_on(load(project / "compose.yaml")["services"])
-    stack = load(project / "deploy" / "swarm" / "stack.yaml")["services"]
-    assert set(stack) == set(compose)
+    plain = load(project / "deploy" / "swarm" / "stack.yaml")["services"]
+    # The production default carries no demo; the demo file adds the demo API and DEMO=true.
+    assert "demo-api" not in plain and "DEMO" not in plain["beat"]["environment"]
+    stack = with_demo(plain, load(project / "deploy" / "swarm" / "stack.demo.yaml")["services"])
+    assert set(stack) == set(compose) and stack["beat"]["environment"]["DEMO"] == "true"
     for name, service in stack.items():
         for key in SAME:
             assert service.get(key) == compose[name].get(key), f"{name}.{key} differs"
@@ -84,9 +97,9 @@ def test_stack_and_compose_read_the_same_variables(project):
     compose = variables(project / "compose.yaml")
     stack = variables(project / "deploy" / "swarm" / "stack.yaml")
     assert stack - compose == SWARM_ONLY
-    # compose tags what it builds (Swarm runs IMAGE); Swarm publishes Flower only through
-    # stack.flower-host.yaml, which reads FLOWER_PORT.
-    assert compose - stack == {"IMAGE_TAG", "FLOWER_PORT"}
+    # Compose tags what it builds (Swarm runs IMAGE); DEMO is on in stack.demo.yaml only;
+    # Swarm publishes Flower only through stack.flower-host.yaml, which reads FLOWER_PORT.
+    assert compose - stack == {"IMAGE_TAG", "DEMO", "FLOWER_PORT"}
     assert "FLOWER_PORT" in variables_of_override(
         project / "deploy" / "swarm" / "stack.flower-host.yaml"
     )
@@ -137,11 +150,14 @@ def test_encryption_override_encrypts_the_stacks_network_only(project):
     assert network["attachable"] is True
 
 
+@pytest.mark.parametrize("demo", [False, True])
 @pytest.mark.parametrize("override", [False, True])
-def test_docker_stack_config_accepts_the_stack(project, override):
+def test_docker_stack_config_accepts_the_stack(project, override, demo):
     if shutil.which("docker") is None:
         pytest.fail("the docker client is needed (.ci/docker-engine.sh installs it)")
     files = ["-c", "deploy/swarm/stack.yaml"]
+    if demo:
+        files += ["-c", "deploy/swarm/stack.demo.yaml"]
     if override:
         files += ["-c", "deploy/swarm/stack.dnsrr.yaml"]
     env = {**os.environ, "IMAGE": "registry.example/app:1.2", "FLOWER_USER": "ops"}
@@ -152,8 +168,14 @@ def test_docker_stack_config_accepts_the_stack(project, override):
     assert services["worker-cpu"]["deploy"]["replicas"] == (2 if solo else 1)
     assert services["worker-cpu"]["deploy"]["update_config"]["order"] == "start-first"
     assert services["worker-io"]["deploy"]["resources"]["limits"]["cpus"] == "1"
+    assert ("demo-api" in services) == demo
+    assert (services["beat"]["environment"].get("DEMO") == "true") == demo
     modes = {n: s.get("deploy", {}).get("endpoint_mode") for n, s in services.items()}
-    assert modes == dict.fromkeys(services, "dnsrr" if override else None)
+    # The demo API is found by name everywhere (one replica, no virtual IP needed).
+    want = dict.fromkeys(services, "dnsrr" if override else None) | (
+        {"demo-api": "dnsrr"} if demo else {}
+    )
+    assert modes == want
     assert "ports" not in services["flower"]  # published only by stack.flower-host.yaml
     for published in {"api"} & set(services):
         assert services[published]["ports"][0].get("mode", "ingress") == (

@@ -1,7 +1,7 @@
 """SIMULATION of what KEDA would ask for on worker-io: no cluster, no KEDA, no HPA here.
 
 Run inside a generated project (``uv run python simulate.py <ScaledObject json> <package>``).
-Real parts: redis-server, the demo API, the project's io worker and its tasks. Simulated:
+Real parts: redis-server, the HTTP upstream (bench/upstream.py), the project's io worker and its tasks. Simulated:
 KEDA's polling (its Redis query, run here every POLL seconds) and the HPA formula. Prints one
 JSON row per poll.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.getcwd())  # the project's bench/ folder
 
-from bench.procs import Worker, start_demo_api, start_redis, stop, wait_until
+from bench.procs import Worker, start_redis, start_upstream, stop, wait_until
 
 # KEDA's redis scaler counts a key by its type (pkg/scalers/redis_scaler.go): a list by
 # LLEN, a hash by HLEN, sets and sorted sets by cardinality, a missing key as an empty list.
@@ -77,7 +77,7 @@ def poll(client, script, spec: dict, queue: str) -> dict:
 def main(spec: dict, package: str) -> None:
     work = Path(tempfile.mkdtemp(prefix="keda-sim-"))
     redis_proc, url = start_redis(work)
-    api, api_url = start_demo_api(package)
+    api, api_url = start_upstream()
     (work / "secrets").mkdir()
     env = {**os.environ, "REDIS_URL": url, "SECRETS_DIR": str(work / "secrets")}
     env.update(DEMO_API_URL=api_url, HEARTBEAT_FILE=str(work / "heartbeat"))

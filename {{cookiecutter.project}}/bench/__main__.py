@@ -93,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         # Before any import of the Celery app, which reads its settings at import time.
         base = clean_environment()
         os.environ.update(REDIS_URL=redis_url, LOG_LEVEL="INFO")
-        api_proc, api_url = procs.start_demo_api(
-            "{{ cookiecutter.package }}",
-        )
+        api_proc, api_url = procs.start_upstream()
         os.environ["DEMO_API_URL"] = api_url
         base.update(REDIS_URL=redis_url, DEMO_API_URL=api_url, LOG_LEVEL="INFO")
         ok = _run(args, base, redis_url, api_url, workdir)

@@ -1,4 +1,4 @@
-"""Local processes for the benchmark (redis-server, demo API, workers) and what /proc says about them."""
+"""Local processes for the benchmark (redis-server, the HTTP upstream, workers) and what /proc says about them."""
 
 from __future__ import annotations
 
@@ -134,11 +134,12 @@ def _pings(url: str) -> bool:
         return False
 
 
-def start_demo_api(package: str) -> tuple[subprocess.Popen, str]:
+def start_upstream() -> tuple[subprocess.Popen, str]:
+    """bench/upstream.py on a free port: the slow, flaky HTTP endpoint the I/O tasks call."""
     port = free_port()
-    argv = [sys.executable, "-m", f"{package}.demo_api", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(argv)
-    wait_until(lambda: port_open(port), 15, "demo API")
+    argv = [sys.executable, "-m", "bench.upstream", "--port", str(port)]
+    proc = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1])
+    wait_until(lambda: port_open(port), 15, "upstream")
     return proc, f"http://127.0.0.1:{port}"
 
 

@@ -27,10 +27,10 @@ class WorkerSpec:
 
 @dataclass
 class Bench:
-    """What every run shares: Redis, the demo API, the environment, where logs go."""
+    """What every run shares: Redis, the HTTP upstream, the environment, where logs go."""
 
     redis_url: str
-    demo_api_url: str
+    upstream_url: str
     logdir: Path
     progress: object = None
     base_env: dict[str, str] = field(default_factory=dict)

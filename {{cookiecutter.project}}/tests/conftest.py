@@ -1,4 +1,4 @@
-"""Real processes for the integration tests: redis-server, the demo API and both workers.
+"""Real processes for the integration tests: redis-server, the HTTP upstream (bench/upstream.py) and both workers.
 
 The workers are started with ``python -m {{ cookiecutter.package }}.worker cpu|io``, the same
 command compose runs. Set TEST_REDIS_URL to use a Redis you already run (e.g. a CI service) for
@@ -20,7 +20,7 @@ from celery_redis_reliable.testing import RedisServer
 
 from {{ cookiecutter.package }}.settings import Settings
 
-from bench.procs import start_demo_api, stop, wait_until
+from bench.procs import start_upstream, stop, wait_until
 
 # Unit tests import the app, which reads settings at import: give them a syntactically
 # valid URL that nothing listens on. Integration fixtures set the real one.
@@ -35,14 +35,14 @@ __all__ = ["RedisServer", "private_redis", "redis_url"]
 
 
 @pytest.fixture(scope="session")
-def demo_api_url() -> Iterator[str]:
-    proc, url = start_demo_api("{{ cookiecutter.package }}")
+def upstream_url() -> Iterator[str]:
+    proc, url = start_upstream()
     yield url
     stop(proc)
 
 
 @pytest.fixture(scope="session")
-def stack_env(redis_url, demo_api_url, tmp_path_factory) -> dict[str, str]:
+def stack_env(redis_url, upstream_url, tmp_path_factory) -> dict[str, str]:
     """The environment the stack runs with, as compose gives it: REDIS_URL without the
     password, which is a file in SECRETS_DIR."""
     folder = tmp_path_factory.mktemp("secrets")
@@ -53,7 +53,7 @@ def stack_env(redis_url, demo_api_url, tmp_path_factory) -> dict[str, str]:
     env.update(
         REDIS_URL=bare,
         SECRETS_DIR=str(folder),
-        DEMO_API_URL=demo_api_url,
+        DEMO_API_URL=upstream_url,
         IO_CONCURRENCY="200",
         CPU_CONCURRENCY="2",
     )

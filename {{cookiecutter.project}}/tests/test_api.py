@@ -112,8 +112,8 @@ def test_a_task_goes_to_its_queue_and_reports_the_worker_that_ran_it(api, path, 
     assert state["result"]["pool"] == POOLS[queue], state
 
 
-def test_a_pipeline_fetches_on_io_and_reduces_on_cpu(api, demo_api_url):
-    urls = [f"{demo_api_url}/delay/0.1"] * 5
+def test_a_pipeline_fetches_on_io_and_reduces_on_cpu(api, upstream_url):
+    urls = [f"{upstream_url}/delay/0.1"] * 5
     status, enqueued = api.call("POST", "/pipelines", {"urls": urls})
     assert status == 202 and enqueued["queue"] == "cpu", enqueued
     state = api.finished(enqueued["id"])
@@ -123,8 +123,8 @@ def test_a_pipeline_fetches_on_io_and_reduces_on_cpu(api, demo_api_url):
     assert state["worker"].startswith("cpu@"), state
 
 
-def test_a_failed_task_reports_its_error(api, demo_api_url):
-    url = f"{demo_api_url}/flaky/api-404?fail=100&status=404"  # a 4xx fails at once
+def test_a_failed_task_reports_its_error(api, upstream_url):
+    url = f"{upstream_url}/flaky/api-404?fail=100&status=404"  # a 4xx fails at once
     status, enqueued = api.call("POST", "/tasks/fetch", {"url": url})
     assert status == 202, enqueued
     state = api.finished(enqueued["id"])

@@ -22,6 +22,7 @@ from celery import Celery
 from celery.schedules import schedule
 from redbeat import RedBeatSchedulerEntry
 
+from {{ cookiecutter.package }} import celery_app
 from {{ cookiecutter.package }}.celery_app import BEAT_SCHEDULE, app
 from {{ cookiecutter.package }}.health import heartbeat_ok
 from {{ cookiecutter.package }}.settings import Settings, describe_errors
@@ -42,14 +43,21 @@ FIRE = re.compile(
 
 def test_every_schedule_entry_names_a_registered_task_routed_to_cpu_or_io():
     app.loader.import_default_modules()
-    assert app.conf.beat_schedule is BEAT_SCHEDULE
-    queues = set()
-    for name, entry in BEAT_SCHEDULE.items():
+    assert app.conf.beat_schedule == celery_app.beat_schedule(Settings().demo)
+    for name, entry in app.conf.beat_schedule.items():
         assert entry["task"] in app.tasks, name
         queue = app.amqp.router.route(entry.get("options", {}), entry["task"])["queue"].name
         assert queue in ("cpu", "io"), name
-        queues.add(queue)
-    assert queues == {"cpu", "io"}  # an example for each pool
+
+
+def test_demo_true_without_the_demo_package_is_one_line_naming_the_way_out(monkeypatch):
+    # As if src/{{ cookiecutter.package }}/demo had been deleted: importing it fails.
+    monkeypatch.setitem(sys.modules, "{{ cookiecutter.package }}.demo.schedule", None)
+    with pytest.raises(celery_app.DemoMissing) as caught:
+        celery_app.beat_schedule(True)
+    message = str(caught.value)
+    assert "\n" not in message and "DEMO=true" in message and "accepted: DEMO=false" in message
+    assert celery_app.beat_schedule(False) == BEAT_SCHEDULE
 
 
 def test_lock_must_outlive_three_loops(monkeypatch):

@@ -30,8 +30,8 @@ def test_summary_table_says_where_each_step_ran(run_producer):
     assert any("reduce" in line and "queue=cpu" in line and "x1" in line for line in lines)
 
 
-def test_a_failing_fetch_fails_the_pipeline_with_its_error(run_producer, demo_api_url):
-    url = f"{demo_api_url}/flaky/{uuid.uuid4().hex}?fail=1000&status=404"
+def test_a_failing_fetch_fails_the_pipeline_with_its_error(run_producer, upstream_url):
+    url = f"{upstream_url}/flaky/{uuid.uuid4().hex}?fail=1000&status=404"
     # A hang would hit the subprocess timeout (180 s), far below the pipeline's own 600 s.
     proc = run_producer("pipeline", "--fetches", "3", "--url", url, "--timeout", "600")
     assert proc.returncode == 1

@@ -1,4 +1,4 @@
-"""Retries and the dead-letter queue, against the real io worker and the demo API's flaky endpoint.
+"""Retries and the dead-letter queue, against the real io worker and the flaky endpoint of bench/upstream.py.
 
 The stack runs with IO_MAX_RETRIES=3 and RETRY_BACKOFF_BASE=0.5 (conftest). Waits are checked
 as lower bounds only: a loaded machine may add delay, never remove it.
@@ -102,12 +102,12 @@ def dlq(redis_url):
 
 
 def test_flaky_endpoint_succeeds_after_exactly_k_retries_with_growing_waits(
-    celery_client, demo_api_url, workers
+    celery_client, upstream_url, workers
 ):
-    key, url = flaky(demo_api_url, fail=3)
+    key, url = flaky(upstream_url, fail=3)
     result = celery_client.send_task(FETCH, args=[url])
     value = result.get(timeout=RESULT_WAIT)
-    calls = hits(demo_api_url, key)
+    calls = hits(upstream_url, key)
     chosen = countdowns(workers["io"].log, result.id)
     print(f"3 failures then success: waits chosen {chosen}, measured {gaps(calls)}")
     assert value["attempts"] == 4 and len(calls) == 4
@@ -118,21 +118,21 @@ def test_flaky_endpoint_succeeds_after_exactly_k_retries_with_growing_waits(
     assert chosen[0] <= chosen[1] <= chosen[2]
 
 
-def test_429_waits_at_least_its_retry_after(celery_client, demo_api_url):
-    key, url = flaky(demo_api_url, fail=1, status=429, retry_after=2)
+def test_429_waits_at_least_its_retry_after(celery_client, upstream_url):
+    key, url = flaky(upstream_url, fail=1, status=429, retry_after=2)
     celery_client.send_task(FETCH, args=[url]).get(timeout=RESULT_WAIT)
-    calls = hits(demo_api_url, key)
+    calls = hits(upstream_url, key)
     print(f"429 with Retry-After: 2: retried after {gaps(calls)[0]:.2f} s")
     assert len(calls) == 2
     assert gaps(calls)[0] >= 2 - 0.05
 
 
-def test_4xx_fails_at_once_and_is_dead_lettered(celery_client, demo_api_url, dlq):
-    key, url = flaky(demo_api_url, fail=1, status=404)
+def test_4xx_fails_at_once_and_is_dead_lettered(celery_client, upstream_url, dlq):
+    key, url = flaky(upstream_url, fail=1, status=404)
     result = celery_client.send_task(FETCH, args=[url])
     with pytest.raises(HTTPStatusError, match="answered 404"):
         result.get(timeout=RESULT_WAIT)
-    assert len(hits(demo_api_url, key)) == 1
+    assert len(hits(upstream_url, key)) == 1
     entry = dead_entry(dlq, result.id)
     assert (entry["attempts"], entry["queue"], entry["task"]) == (1, "io", FETCH)
     assert entry["args"] == [url] and "answered 404" in entry["exception"]
@@ -154,17 +154,17 @@ def deadletter(env, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_poison_task_is_dead_lettered_once_and_requeue_runs_it_to_success(
-    celery_client, demo_api_url, dlq, stack_env
+    celery_client, upstream_url, dlq, stack_env
 ):
     # Fails on every attempt the task has; the endpoint has recovered by the requeue.
-    key, url = flaky(demo_api_url, fail=MAX_RETRIES + 1)
+    key, url = flaky(upstream_url, fail=MAX_RETRIES + 1)
     before = dlq.hlen(KEY)
     result = celery_client.send_task(FETCH, args=[url])
     with pytest.raises(TransientHTTPError, match="answered 503"):
         result.get(timeout=RESULT_WAIT)
     entry = dead_entry(dlq, result.id)
     assert dlq.hlen(KEY) == before + 1
-    assert entry["attempts"] == MAX_RETRIES + 1 == len(hits(demo_api_url, key))
+    assert entry["attempts"] == MAX_RETRIES + 1 == len(hits(upstream_url, key))
     print(f"poison task: {entry['attempts']} attempts, 1 dead-letter entry")
 
     listed = deadletter(stack_env, "list", "--json")
@@ -174,7 +174,7 @@ def test_poison_task_is_dead_lettered_once_and_requeue_runs_it_to_success(
     requeued = deadletter(stack_env, "requeue", result.id)
     assert (requeued.returncode, requeued.stdout.strip()) == (0, "requeued 1 entry"), requeued
     value = celery_client.AsyncResult(result.id).get(timeout=RESULT_WAIT)  # same task id
-    assert value["status"] == 200 and len(hits(demo_api_url, key)) == MAX_RETRIES + 2
+    assert value["status"] == 200 and len(hits(upstream_url, key)) == MAX_RETRIES + 2
     assert dlq.hget(KEY, result.id) is None
     assert dlq.hlen(KEY) == before
 
@@ -197,9 +197,9 @@ def test_bad_cli_input_gets_one_clear_line(stack_env, workers, args, expected):
     assert proc.stdout == ""
 
 
-def test_purge_drops_only_the_named_entry(celery_client, demo_api_url, dlq, stack_env):
+def test_purge_drops_only_the_named_entry(celery_client, upstream_url, dlq, stack_env):
     results = [
-        celery_client.send_task(FETCH, args=[flaky(demo_api_url, fail=1, status=400)[1]])
+        celery_client.send_task(FETCH, args=[flaky(upstream_url, fail=1, status=400)[1]])
         for _ in range(2)
     ]
     for result in results:
@@ -214,7 +214,7 @@ def test_purge_drops_only_the_named_entry(celery_client, demo_api_url, dlq, stac
 
 @pytest.mark.slow
 def test_worker_killed_mid_run_loses_and_duplicates_nothing_in_the_dlq(
-    private_redis, stack_env, demo_api_url, tmp_path
+    private_redis, stack_env, upstream_url, tmp_path
 ):
     """kill -9 of the io worker while poison tasks retry; a new worker finishes them.
 
@@ -225,10 +225,10 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing_in_the_dlq(
     client, dlq_client = make_client(private_redis.url), redis.Redis.from_url(private_redis.url)
     first = Worker("io", env, tmp_path)
     wait_until(first.ready, 120, "io worker")
-    poison = [flaky(demo_api_url, fail=1000) for _ in range(20)]
+    poison = [flaky(upstream_url, fail=1000) for _ in range(20)]
     sent = {client.send_task(FETCH, args=[url]).id for _, url in poison}
     # Kill once every task has been tried and none has used up its retries yet.
-    wait_until(lambda: all(hits(demo_api_url, key) for key, _ in poison), 120, "first attempts")
+    wait_until(lambda: all(hits(upstream_url, key) for key, _ in poison), 120, "first attempts")
     at_kill = dlq_client.hlen(KEY)
     first.proc.kill()
     first.proc.wait()
@@ -243,7 +243,7 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing_in_the_dlq(
     finally:
         stop(second.proc)
         client.close()
-    calls = [len(hits(demo_api_url, key)) for key, _ in poison]
+    calls = [len(hits(upstream_url, key)) for key, _ in poison]
     print(
         f"dead-letter after kill -9: {len(sent)} poison tasks, {at_kill} recorded before the "
         f"kill, {len(recorded)} after; calls per task {min(calls)}..{max(calls)}"

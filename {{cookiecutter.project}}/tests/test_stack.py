@@ -1,4 +1,4 @@
-"""The stack for real: redis-server, the demo API and both workers as separate processes."""
+"""The stack for real: redis-server, the HTTP upstream and both workers as separate processes."""
 
 import json
 import subprocess

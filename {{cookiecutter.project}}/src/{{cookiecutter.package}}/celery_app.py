@@ -29,19 +29,29 @@ TASK_ROUTES = {
 }
 
 # Periodic tasks, declared once beside the routes: each goes to cpu or io by its module, like
-# any other call. Sent by the beat service (beat.py); intervals in seconds or celery crontabs.
-BEAT_SCHEDULE = {
-    "count-primes-every-minute": {
-        "task": "{{ cookiecutter.package }}.tasks.cpu.count_primes",
-        "schedule": 60.0,
-        "args": (100_000,),
-    },
-    "ping-api-every-30s": {
-        "task": "{{ cookiecutter.package }}.tasks.io.wait_on_api",
-        "schedule": 30.0,
-        "args": (0,),
-    },
-}
+# any other call. Sent by the beat service (beat.py); intervals in seconds or celery crontabs:
+#   "refresh-rates-hourly": {"task": "{{ cookiecutter.package }}.tasks.io.fetch",
+#                            "schedule": 3600.0, "args": ("https://rates.example/today",)},
+BEAT_SCHEDULE: dict[str, dict] = {}
+
+
+class DemoMissing(RuntimeError):
+    """DEMO=true, but the demo package has been deleted."""
+
+
+def beat_schedule(demo: bool) -> dict[str, dict]:
+    """BEAT_SCHEDULE, plus the demo's example entries when DEMO=true (demo/schedule.py)."""
+    if not demo:
+        return dict(BEAT_SCHEDULE)
+    try:
+        from {{ cookiecutter.package }}.demo.schedule import DEMO_SCHEDULE
+    except ImportError as exc:
+        raise DemoMissing(
+            "DEMO=true, but {{ cookiecutter.package }}.demo is not there (deleted with make "
+            "delete-demo?); accepted: DEMO=false, or restore src/{{ cookiecutter.package }}/demo"
+        ) from exc
+    return {**DEMO_SCHEDULE, **BEAT_SCHEDULE}
+
 
 # Set in each worker at start-up, inherited by prefork children: the pool that really runs tasks.
 RUNTIME = {"pool": "unknown"}
@@ -217,7 +227,7 @@ def make_app() -> Celery:
         result_backend_max_sleep_between_retries_ms=10_000,
         # Periodic tasks: RedBeat keeps the schedule and each entry's last run in Redis and
         # lets one beat send at a time (a lock renewed every loop); see beat.py.
-        beat_schedule=BEAT_SCHEDULE,
+        beat_schedule=beat_schedule(settings.demo),
         beat_scheduler="{{ cookiecutter.package }}.beat:Scheduler",
         beat_max_loop_interval=settings.beat_max_loop_interval,
         redbeat_redis_url=settings.broker_url,

@@ -76,6 +76,7 @@ ACCEPTED = {
     "cpu_soft_shutdown_timeout": "seconds, 0 (warm shutdown) or an integer up to 3600",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "demo_api_url": "an http:// or https:// URL",
+    "demo": "true or false (true needs src/{{ cookiecutter.package }}/demo)",
     "heartbeat_file": "an absolute file path",
     "beat_max_loop_interval": "seconds, an integer from 1 to 5 (the health check allows 15 s)",
     "beat_lock_timeout": "seconds, an integer from 3 to 600, at least 3 x BEAT_MAX_LOOP_INTERVAL",
@@ -131,6 +132,8 @@ class Settings(BaseSettings):
     cpu_soft_shutdown_timeout: int = Field(45, ge=0, le=3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     demo_api_url: AnyHttpUrl = AnyHttpUrl("http://demo-api:8000")
+    # Beat also sends the demo's example entries (demo/schedule.py): the local stack only.
+    demo: bool = False
     heartbeat_file: str = "/tmp/worker-heartbeat"
     # Beat wakes at least this often; the lock holder renews the lock on each wake-up.
     beat_max_loop_interval: int = Field(5, ge=1, le=5)

@@ -1,6 +1,6 @@
-"""A tiny HTTP endpoint that answers slowly or fails on demand: the demo target of the I/O tasks.
+"""A slow, flaky HTTP upstream for the tests and the benchmark (not in the image).
 
-    python -m {{ cookiecutter.package }}.demo_api --port 8000
+    python -m bench.upstream --port 8000    # on 127.0.0.1
 
 ``GET /delay/<seconds>`` answers after that many seconds (at most 60); ``GET /healthz``
 answers at once. gevent's server keeps thousands of slow requests open in one process.
@@ -102,10 +102,10 @@ def _reply(start_response, status: str, body: dict, headers=()) -> list[bytes]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="0.0.0.0")  # noqa: S104 - inside its container
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
-    WSGIServer((args.host, args.port), app, log=None).serve_forever()
+    parser.add_argument("--port", type=int, required=True)
+    port = parser.parse_args(argv).port
+    # Loopback only: an upstream for the tests and the benchmark, never a service.
+    WSGIServer(("127.0.0.1", port), app, log=None).serve_forever()
 
 
 if __name__ == "__main__":
