@@ -168,6 +168,20 @@ def test_every_roles_real_process_works_as_its_user(acl, stack_env, tmp_path):
         exporter = Process("exporter", [py, "-m", "task_queue.metrics", "--port", str(metrics_port)],
                            role_env(stack_env, acl, "exporter"), tmp_path)  # fmt: skip
         started.append(exporter.proc)
+        metrics: list[str] = []
+
+        def exporter_reports(wanted: str) -> bool:
+            exporter.text()
+            if not answers(f"http://127.0.0.1:{metrics_port}/metrics"):
+                return False
+            metrics[:] = get(f"http://127.0.0.1:{metrics_port}/metrics").splitlines()
+            return any(line.startswith(wanted) for line in metrics)
+
+        # Each worker's pool size (its `inspect stats` went through both workers and back).
+        wait_until(
+            lambda: exporter_reports('celery_worker_concurrency{worker="io@'), 90, "exporter"
+        )
+        assert sum(line.startswith("celery_worker_concurrency{") for line in metrics) == 2
 
         # The producer enqueues on both queues and reads every result back.
         done = subprocess.run(
@@ -190,21 +204,11 @@ def test_every_roles_real_process_works_as_its_user(acl, stack_env, tmp_path):
 
         wait_until(flower_sees_both, 60, "both workers in Flower's API")
 
-        # The exporter: Redis answers, each worker's pool size (inspect stats), task events.
-        metrics: list[str] = []
-
-        def exporter_reports() -> bool:
-            exporter.text()
-            if not answers(f"http://127.0.0.1:{metrics_port}/metrics"):
-                return False
-            metrics[:] = get(f"http://127.0.0.1:{metrics_port}/metrics").splitlines()
-            return sum(line.startswith("celery_worker_concurrency{") for line in metrics) == 2
-
-        wait_until(exporter_reports, 90, "the exporter's worker metrics")
+        # The exporter received the task events and reads Redis.
+        succeeded = 'celery_tasks_total{queue="io",state="succeeded"}'
+        wait_until(lambda: exporter_reports(succeeded), 30, "the exporter's task events")
         assert "celery_broker_up 1.0" in metrics
         assert any(line.startswith('celery_queue_waiting{queue="cpu"}') for line in metrics)
-        succeeded = 'celery_tasks_total{queue="io",state="succeeded"}'
-        assert any(line.startswith(succeeded) for line in metrics)
         # Every command of every process was allowed: the lists in acl.sh are complete for
         # what these processes did.
         assert [(e["username"], e["reason"], e["object"]) for e in acl.refused()] == []
