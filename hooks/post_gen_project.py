@@ -12,8 +12,16 @@ import shutil
 import sys
 from pathlib import Path
 
-# One file per secret in secrets/, named as settings.py reads them from SECRETS_DIR.
-SECRET_FILES = ("redis_password", "flower_password", "api_key")
+# One file per secret in secrets/, named as settings.py reads them from SECRETS_DIR. Redis has
+# one ACL user per role (deploy/redis/acl.sh), each with its own password; redis_password is
+# the default user's, for the health check and admins.
+REDIS_USERS = ("worker", "producer", "flower", "exporter", "keda")
+SECRET_FILES = (
+    "redis_password",
+    *(f"redis_{user}_password" for user in REDIS_USERS),
+    "flower_password",
+    "api_key",
+)
 K8S_SECRETS = "deploy/k8s/base/secrets"
 
 

@@ -46,9 +46,14 @@ def container(workload: dict) -> dict:
     return only
 
 
+def config_name(objects: list[dict]) -> str:
+    """The knobs' ConfigMap (the other one holds Redis's acl.sh)."""
+    (name,) = (n for n in named(objects, "ConfigMap") if not n.startswith("redis-acl"))
+    return name
+
+
 def config_data(objects: list[dict]) -> dict[str, str]:
-    (config,) = named(objects, "ConfigMap").values()
-    return config["data"]
+    return named(objects, "ConfigMap")[config_name(objects)]["data"]
 
 
 def secret_data(objects: list[dict]) -> dict[str, bytes]:
@@ -107,21 +112,31 @@ def memory_bytes(quantity: str) -> int:
 
 
 def write_secret_volume(folder: Path, objects: list[dict], volume: dict, group: int) -> Path:
-    """A Secret volume as kubelet lays it out: one file per key, defaultMode, fsGroup's group."""
-    source = volume["secret"]
-    (secret,) = (o for o in objects if o["metadata"]["name"] == source["secretName"])
+    """A Secret or ConfigMap volume as kubelet lays it out: one file per key (only the listed
+    ``items`` if any), defaultMode, fsGroup's group."""
+    if "secret" in volume:
+        source = volume["secret"]
+        found = named(objects, "Secret")[source["secretName"]]
+        data = {k: base64.b64decode(v) for k, v in found["data"].items()}
+    else:
+        source = volume["configMap"]
+        data = {
+            k: v.encode() for k, v in named(objects, "ConfigMap")[source["name"]]["data"].items()
+        }
+    wanted = {i["key"]: i["path"] for i in source.get("items", [])} or {k: k for k in data}
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o755)
-    for key, value in secret["data"].items():
-        path = folder / key
-        path.write_bytes(base64.b64decode(value))
+    for key, rel in wanted.items():
+        path = folder / rel
+        path.write_bytes(data[key])
         run(["chown", f"0:{group}", str(path)], cwd=folder)
         path.chmod(source.get("defaultMode", 0o644))
     return folder
 
 
 def volume_args(workload: dict, objects: list[dict], scratch: Path) -> list[str]:
-    """Mounts for the container's volumeMounts: emptyDir and PVCs as tmpfs, Secrets as files."""
+    """Mounts for the container's volumeMounts: emptyDir and PVCs as tmpfs, Secrets and
+    ConfigMaps as files."""
     pod = pod_spec(workload)
     group = pod["securityContext"].get("fsGroup", 0)
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
@@ -142,7 +157,7 @@ def volume_args(workload: dict, objects: list[dict], scratch: Path) -> list[str]
                 "--tmpfs",
                 f"{path}:mode=1777" + (f",size={memory_bytes(size)}" if size else ""),
             ]
-        elif "secret" in volume:
+        elif "secret" in volume or "configMap" in volume:
             folder = write_secret_volume(scratch / mount["name"], objects, volume, group)
             args += ["-v", f"{folder}:{path}:ro"]
         else:

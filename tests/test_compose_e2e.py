@@ -185,9 +185,25 @@ def test_redis_refuses_commands_without_the_password(stack):
     assert s.redis_cli("ping").stdout.strip() == "PONG"
 
 
+def test_each_service_logs_in_as_its_redis_user(stack):
+    _, s = stack
+    listed = s.redis_cli("client", "list").stdout.splitlines()
+    users = {line.split(" user=")[1].split()[0] for line in listed}
+    # Workers and beat, Flower; redis-cli and the health check are the default user. The API
+    # (producer) connects at its first request.
+    assert {"default", "worker", "flower"} <= users <= {"default", "worker", "flower", "producer"}
+    # A role's password opens its user only, with its commands only: the workers' cannot
+    # flush Redis nor read the ACL; the password goes in on stdin, never on a command line.
+    script = 'printf "AUTH worker %s\\nFLUSHALL\\nACL LIST\\nPING\\n" "$(cat /run/secrets/redis_worker_password)" | redis-cli'
+    out = s.compose("exec", "-T", "redis", "sh", "-c", script).stdout
+    assert out.split()[:1] == ["OK"] and out.count("NOPERM") == 2 and out.strip().endswith("PONG")
+
+
 def test_secrets_are_in_no_environment_or_command_line(stack):
     case, s = stack
-    names = ("redis_password", "flower_password", *("api_key" for _ in EXPECTED[case]["api"]))
+    roles = ("worker", "producer", "flower", "exporter", "keda")
+    names = ("redis_password", *(f"redis_{r}_password" for r in roles), "flower_password",
+             *("api_key" for _ in EXPECTED[case]["api"]))  # fmt: skip
     secrets = [s.secret(name) for name in names]
     assert {svc["Service"] for svc in s.services()} == set(services_of(case))
     ids = s.compose("ps", "-q").stdout.split()

@@ -152,7 +152,10 @@ def test_remove_unchosen(tmp_path):
 
 def test_no_web_api_leaves_no_trace_of_it(tmp_path):
     project = generate(tmp_path, web_api="none")
-    assert post.secret_files({"web_api": "none"}) == ("redis_password", "flower_password")
+    roles = tuple(
+        f"redis_{u}_password" for u in ("worker", "producer", "flower", "exporter", "keda")
+    )
+    assert post.secret_files({"web_api": "none"}) == ("redis_password", *roles, "flower_password")
     assert sorted(p.name for p in (project / "secrets").iterdir()) == sorted(
         post.secret_files({"web_api": "none"})
     )
@@ -177,7 +180,8 @@ def test_generated_secrets_are_fresh_files_only_the_owner_can_reach(tmp_path):
     # ... while the folder keeps other host users out.
     assert stat.S_IMODE((project / "secrets").stat().st_mode) == 0o700
     assert sorted(p.name for p in (project / "secrets").iterdir()) == sorted(post.SECRET_FILES)
-    assert first["redis_password"] != first["flower_password"]
+    # Every secret its own value: one role's password opens no other role's user.
+    assert len(set(first.values())) == len(first)
     env = (project / ".env").read_text()
     assert not any(value in env for value in first.values())
     assert stat.S_IMODE((project / ".env").stat().st_mode) == 0o600

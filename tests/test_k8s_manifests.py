@@ -18,6 +18,7 @@ from k8s import (
     KEDA_KINDS,
     VARIANTS,
     config_data,
+    config_name,
     container,
     container_env,
     cpu_cores,
@@ -202,6 +203,16 @@ def test_deployments_run_what_compose_runs(project, rendered):
             given = container_env(spec, objects)
             wanted = set(compose[name].get("environment") or {})
             assert wanted <= set(given), (variant, name, sorted(wanted - set(given)))
+            # The same Redis user, and only the secrets compose mounts (managed: one user).
+            mounted = {i["key"] for v in pod_spec(obj).get("volumes", []) if "secret" in v
+                       for i in v["secret"]["items"]}  # fmt: skip
+            want = set(compose[name].get("secrets", []))
+            if variant == "overlays/managed-redis" and "REDIS_USER" in given:
+                assert given["REDIS_USER"] == "default", name
+                want.add("redis_password")
+            elif "REDIS_USER" in given:
+                assert given["REDIS_USER"] == compose[name]["environment"]["REDIS_USER"], name
+            assert mounted == want, (variant, name)
 
 
 def test_long_running_containers_have_three_probes(rendered):
@@ -310,9 +321,9 @@ def test_scaled_objects_follow_each_workers_queue(rendered):
         objects = rendered[variant]
         redis_url = urlsplit(config_data(objects)["REDIS_URL"])
         auth = named(objects, "TriggerAuthentication")["redis"]
-        (ref,) = auth["spec"]["secretTargetRef"]
-        assert ref["name"] in named(objects, "Secret") and ref["parameter"] == "password"
-        assert ref["key"] in secret_data(objects)
+        for ref in auth["spec"]["secretTargetRef"]:
+            assert ref["name"] in named(objects, "Secret") and ref["key"] in secret_data(objects)
+        assert "password" in {ref["parameter"] for ref in auth["spec"]["secretTargetRef"]}
         for name, scaled in named(objects, "ScaledObject").items():
             spec = scaled["spec"]
             assert spec["scaleTargetRef"]["name"] == name and name in workloads(objects)
@@ -352,17 +363,18 @@ def test_io_scaling_counts_the_tasks_its_pods_hold(project, rendered):
 def test_every_referenced_secret_and_config_exists(rendered, api):
     for variant, objects in rendered.items():
         secrets, config = secret_data(objects), config_data(objects)
-        secret_name, config_name = next(iter(named(objects, "Secret"))), next(iter(named(objects, "ConfigMap")))  # fmt: skip
-        assert set(secrets) == {"redis_password", "flower_password"} | (
-            {"api_key"} if api else set()
-        )
+        secret_name, knobs = next(iter(named(objects, "Secret"))), config_name(objects)
+        roles = ("worker", "producer", "flower", "exporter", "keda")
+        assert set(secrets) == {"redis_password", "flower_password", "redis_keda_user"} | {
+            f"redis_{r}_password" for r in roles
+        } | ({"api_key"} if api else set())
         for name, obj in workloads(objects).items():
             pod = pod_spec(obj)
             for volume in pod.get("volumes", []):
                 if "secret" in volume:
                     assert volume["secret"]["secretName"] == secret_name, (variant, name)
             for source in container(obj).get("envFrom", []):
-                assert source["configMapRef"]["name"] == config_name, (variant, name)
+                assert source["configMapRef"]["name"] == knobs, (variant, name)
         assert {"REDIS_URL", "CPU_SOFT_SHUTDOWN_TIMEOUT", "IO_CONCURRENCY"} <= set(config)
         # The password reaches the pods as a file, never inside the URL.
         assert urlsplit(config["REDIS_URL"]).password is None
@@ -398,3 +410,29 @@ def test_redis_options_match_compose_and_swarm(project, rendered):
         env={"MEMORY_LIMIT_MB": str(limit_mb)}, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert out.stdout.strip() == f"{limit_mb * 3 // 4}mb"
+
+
+def test_redis_loads_the_same_acl_as_compose_and_swarm(project, rendered):
+    """Kubernetes's copy of deploy/redis/acl.sh (kustomize reads no file above its folder) is
+    the same script, and Redis runs it; KEDA logs in as keda, the managed overlay as default."""
+    acl = (project / "deploy" / "redis" / "acl.sh").read_text()
+    for variant, objects in rendered.items():
+        maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+        copies = [m["data"]["acl.sh"] for m in maps.values() if "acl.sh" in m.get("data", {})]
+        if variant == "overlays/managed-redis":
+            assert "redis" not in named(objects, "StatefulSet")
+        else:
+            assert copies == [acl], variant
+            redis = container(named(objects, "StatefulSet")["redis"])
+            assert "sh /etc/redis/acl.sh > /tmp/redis.conf" in redis["command"][-1]
+        secret = next(iter(named(objects, "Secret").values()))
+        if secret["data"].get("redis_keda_user") is not None:
+            import base64
+
+            assert base64.b64decode(secret["data"]["redis_keda_user"]) == b"keda"
+        for auth in named(objects, "TriggerAuthentication").values():
+            keys = {r["parameter"]: r["key"] for r in auth["spec"]["secretTargetRef"]}
+            if variant == "overlays/managed-redis":
+                assert keys == {"password": "redis_password"}
+            else:
+                assert keys == {"password": "redis_keda_password", "username": "redis_keda_user"}

@@ -31,6 +31,7 @@ SCRIPT = TEMPLATE / ".ci" / "swarm-nodes.sh"
 # The last file (test only) runs Redis from the private base image, as the compose tests do.
 FILES = (
     "-c deploy/swarm/stack.yaml -c deploy/swarm/stack.demo.yaml -c deploy/swarm/stack.dnsrr.yaml"
+    " -c deploy/swarm/stack.flower-host.yaml"
     " -c deploy/swarm/stack.test.yaml"
 )
 REDIS = base_image("redis:8")
@@ -250,6 +251,8 @@ def swarm(require_docker, tmp_path_factory):
         )
         loaded = time.monotonic() - started - built - formed
         s.docker("node", "update", "--label-add", "task_queue.redis=true", f"{name}-1")
+        # Flower is published only by stack.flower-host.yaml, on the node labelled for it.
+        s.docker("node", "update", "--label-add", "task_queue.flower=true", f"{name}-1")
         # /run is a tmpfs in the node (docker cp cannot reach it): the file goes in on stdin.
         copy = "mkdir -p /run/tool-secrets && cat > /run/tool-secrets/redis_password"
         run(["docker", "exec", "-i", f"{name}-1", "sh", "-c", copy], cwd=None,
@@ -386,9 +389,9 @@ def test_losing_a_worker_node_loses_no_task(swarm):
 
 
 def test_security_on_the_swarm(swarm):
-    secrets = [
-        (swarm.project / "secrets" / n).read_text() for n in ("redis_password", "flower_password")
-    ]
+    names = ("redis_password", "flower_password",
+             *(f"redis_{r}_password" for r in ("worker", "producer", "flower", "exporter", "keda")))  # fmt: skip
+    secrets = [(swarm.project / "secrets" / n).read_text() for n in names]
     denied = swarm.docker("run", "--rm", "--network", f"{swarm.stack}_default", REDIS,
                           "redis-cli", "-h", "redis", "ping", check=False)  # fmt: skip
     assert "NOAUTH" in denied.stdout + denied.stderr
@@ -405,7 +408,7 @@ def test_security_on_the_swarm(swarm):
     services = swarm.docker("service", "ls", "-q").stdout.split()
     seen = swarm.docker("service", "inspect", *services).stdout
     seen += "".join((swarm.project / "deploy" / "swarm" / f).read_text()
-                    for f in ("stack.yaml", "stack.dnsrr.yaml"))  # fmt: skip
+                    for f in ("stack.yaml", "stack.dnsrr.yaml", "stack.flower-host.yaml"))  # fmt: skip
     seen += run(["docker", "history", "--no-trunc", f"{swarm.image}:1"], cwd=None).stdout
     seen += run(["docker", "image", "inspect", f"{swarm.image}:1"], cwd=None).stdout
     for svc in SERVICES:

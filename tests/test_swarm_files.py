@@ -14,7 +14,13 @@ from conftest import generate, run
 
 # Variables only the stack reads (compose builds its image and runs one replica of each).
 SWARM_ONLY = {"IMAGE", "CPU_REPLICAS", "IO_REPLICAS", "CPU_WORKER_CPUS"}
-SECRETS = ("redis_password", "flower_password", "api_key")  # api_key with the web API only
+ROLES = ("worker", "producer", "flower", "exporter", "keda")  # Redis ACL users (acl.sh)
+SECRETS = (
+    "redis_password",
+    *(f"redis_{r}_password" for r in ROLES),
+    "flower_password",
+    "api_key",
+)  # api_key with the web API only
 SAME = ("command", "entrypoint", "healthcheck", "stop_grace_period", "user", "read_only", "init")
 CASES = {
     "default": {},
@@ -53,6 +59,10 @@ def variables(path: Path) -> set[str]:
     return set(re.findall(r"\$\{([A-Z_]+)", yaml.safe_dump(services)))
 
 
+def variables_of_override(path: Path) -> set[str]:
+    return set(re.findall(r"\$\{([A-Z_]+)", path.read_text()))
+
+
 def with_demo(stack: dict, demo: dict) -> dict:
     """stack.yaml's services with stack.demo.yaml's merged in (environments key by key)."""
     merged = {name: dict(service) for name, service in stack.items()}
@@ -75,6 +85,9 @@ def test_stack_runs_what_compose_runs(project):
             assert service.get(key) == compose[name].get(key), f"{name}.{key} differs"
         assert set(service.get("environment", {})) == set(compose[name].get("environment", {}))
         assert service.get("secrets") == compose[name].get("secrets"), name
+        user = (service.get("environment") or {}).get("REDIS_USER")
+        assert user == (compose[name].get("environment") or {}).get("REDIS_USER"), name
+    assert stack["redis"]["configs"] == compose["redis"]["configs"]
     # Non-root: the Python services run as the image's user, Redis as its own.
     assert stack["redis"]["user"] == "redis"
     assert all(s.get("read_only") for n, s in stack.items() if n != "redis")
@@ -84,8 +97,12 @@ def test_stack_and_compose_read_the_same_variables(project):
     compose = variables(project / "compose.yaml")
     stack = variables(project / "deploy" / "swarm" / "stack.yaml")
     assert stack - compose == SWARM_ONLY
-    # Compose tags what it builds (Swarm runs IMAGE); DEMO is on in stack.demo.yaml only.
-    assert compose - stack == {"IMAGE_TAG", "DEMO"}
+    # Compose tags what it builds (Swarm runs IMAGE); DEMO is on in stack.demo.yaml only;
+    # Swarm publishes Flower only through stack.flower-host.yaml, which reads FLOWER_PORT.
+    assert compose - stack == {"IMAGE_TAG", "DEMO", "FLOWER_PORT"}
+    assert "FLOWER_PORT" in variables_of_override(
+        project / "deploy" / "swarm" / "stack.flower-host.yaml"
+    )
     example = (project / ".env.example").read_text()
     for name in stack:
         assert re.search(rf"(?m)^(# )?{name}=", example), f"{name} is not in .env.example"
@@ -107,8 +124,10 @@ def test_ipvs_override_covers_every_service(project):
     override = load(project / "deploy" / "swarm" / "stack.dnsrr.yaml")["services"]
     assert set(override) == set(stack)
     assert all(s["deploy"] == {"endpoint_mode": "dnsrr"} for s in override.values())
-    for published in {"flower", "api"} & set(stack):
+    for published in {"api"} & set(stack):
         assert [p["mode"] for p in override[published]["ports"]] == ["host"]
+    # Flower stays unpublished with this override too (stack.flower-host.yaml publishes it).
+    assert "ports" not in override["flower"] and "ports" not in stack["flower"]
     # The shipped default keeps Swarm's VIPs and routing mesh for normal clusters.
     assert all("endpoint_mode" not in s.get("deploy", {}) for s in stack.values())
 
@@ -157,7 +176,8 @@ def test_docker_stack_config_accepts_the_stack(project, override, demo):
         {"demo-api": "dnsrr"} if demo else {}
     )
     assert modes == want
-    for published in {"flower", "api"} & set(services):
+    assert "ports" not in services["flower"]  # published only by stack.flower-host.yaml
+    for published in {"api"} & set(services):
         assert services[published]["ports"][0].get("mode", "ingress") == (
             "host" if override else "ingress"
         )
@@ -165,3 +185,54 @@ def test_docker_stack_config_accepts_the_stack(project, override, demo):
                   env={**os.environ, "FLOWER_USER": "ops", "IMAGE": ""})  # fmt: skip
     assert missing.returncode != 0
     assert "set IMAGE to the image pushed to your registry" in missing.stderr
+
+
+def test_each_python_service_logs_in_as_its_role_with_only_its_secret(project):
+    """REDIS_USER names a user acl.sh defines, and the service mounts that user's password
+    and no other Redis password; the same in compose and Swarm (compared above)."""
+    acl = (project / "deploy" / "redis" / "acl.sh").read_text()
+    defined = set(re.findall(r"^user (\w+) ", acl, flags=re.M))
+    assert defined == set(ROLES)
+    services = load(project / "compose.yaml")["services"]
+    roles = {}
+    for name, service in services.items():
+        mounted = {s for s in service.get("secrets", []) if s.startswith("redis_")}
+        if name == "redis":
+            assert mounted == {"redis_password", *(f"redis_{r}_password" for r in ROLES)}
+            continue
+        user = (service.get("environment") or {}).get("REDIS_USER")
+        assert (user is None) == (not mounted), name  # no Redis client, no Redis secret
+        if user:
+            assert user in defined and mounted == {f"redis_{user}_password"}, name
+            roles[name] = user
+    assert roles["worker-cpu"] == roles["worker-io"] == roles["beat"] == "worker"
+    assert roles["flower"] == "flower" and roles["producer"] == "producer"
+    assert roles["metrics"] == "exporter"
+    assert roles.get("api", "producer") == "producer"
+
+
+def test_flower_is_published_only_by_its_override_on_the_labelled_node(project):
+    if shutil.which("docker") is None:
+        pytest.fail("the docker client is needed (.ci/docker-engine.sh installs it)")
+    env = {
+        **os.environ,
+        "IMAGE": "registry.example/app:1.2",
+        "FLOWER_USER": "ops",
+        "FLOWER_PORT": "5601",
+    }
+    base = ["-c", "deploy/swarm/stack.yaml"]
+    plain = yaml.safe_load(run(["docker", "stack", "config", *base], cwd=project, env=env).stdout)
+    assert "ports" not in plain["services"]["flower"]
+    files = [*base, "-c", "deploy/swarm/stack.flower-host.yaml"]
+    out = yaml.safe_load(run(["docker", "stack", "config", *files], cwd=project, env=env).stdout)
+    flower = out["services"]["flower"]
+    # Host mode: only the node running the task listens; no ingress on every node.
+    assert [(p["mode"], p["published"], p["target"]) for p in flower["ports"]] in (
+        [("host", 5601, 5555)],
+        [("host", "5601", 5555)],
+    )
+    package = next(p.name for p in (project / "src").iterdir() if p.is_dir())
+    assert flower["deploy"]["placement"]["constraints"] == [f"node.labels.{package}.flower == true"]
+    # The override changes Flower only.
+    others = {n: s for n, s in out["services"].items() if n != "flower"}
+    assert others == {n: s for n, s in plain["services"].items() if n != "flower"}

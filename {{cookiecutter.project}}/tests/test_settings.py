@@ -175,6 +175,56 @@ def test_password_from_a_file_in_secrets_dir(clean_env, tmp_path):
     assert s.flower_password.get_secret_value() == "flower-pw"
 
 
+def settings_errors() -> list[str]:
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    return describe_errors(caught.value)
+
+
+def test_each_role_logs_in_with_its_own_password_file(clean_env, tmp_path):
+    clean_env.setenv("REDIS_URL", "redis://redis:6379/0")
+    (tmp_path / "redis_password").write_text("admin-pw\n")
+    (tmp_path / "redis_worker_password").write_text("worker-pw\n")
+    assert Settings().broker_url == "redis://:admin-pw@redis:6379/0"  # no role: default user
+    clean_env.setenv("REDIS_USER", "worker")
+    assert Settings().broker_url == "redis://worker:worker-pw@redis:6379/0"
+    # Redis's own default user is the requirepass secret (a managed Redis's one user).
+    clean_env.setenv("REDIS_USER", "default")
+    assert Settings().broker_url == "redis://default:admin-pw@redis:6379/0"
+
+
+def test_a_role_without_its_file_never_logs_in_with_another(clean_env, tmp_path):
+    clean_env.setenv("REDIS_URL", "redis://redis:6379/0")
+    clean_env.setenv("REDIS_USER", "flower")
+    (tmp_path / "redis_password").write_text("admin-pw")
+    assert settings_errors() == [
+        "settings error: no Redis password: REDIS_URL has none and REDIS_PASSWORD is not set; "
+        "accepted: REDIS_PASSWORD (env or the file redis_flower_password in SECRETS_DIR) or "
+        "REDIS_URL redis://:<password>@<host>:<port>/<db>"
+    ]
+
+
+@pytest.mark.parametrize("user", ["Worker", "work er", "worker/../x", "-x", "w" * 65])
+def test_a_bad_redis_user_is_named_with_what_is_accepted(clean_env, user):
+    clean_env.setenv("REDIS_USER", user)
+    assert settings_errors() == [
+        f"settings error: REDIS_USER={user!r} is invalid (not a valid Redis ACL user name); "
+        "accepted: a Redis ACL user name: lower-case letter first, then lower-case letters, "
+        "digits, '-' or '_', up to 64 (this stack's: worker, producer, flower, exporter)"
+    ]
+
+
+def test_the_url_and_redis_user_name_one_user(clean_env):
+    clean_env.setenv("REDIS_URL", "redis://app:pw@redis:6379/0")
+    clean_env.setenv("REDIS_USER", "app")
+    assert Settings().broker_url == "redis://app:pw@redis:6379/0"
+    clean_env.setenv("REDIS_USER", "worker")
+    assert settings_errors() == [
+        "settings error: REDIS_URL names a user other than REDIS_USER=worker; accepted: the "
+        "user in one of them, or the same in both"
+    ]
+
+
 def test_password_from_env_keeps_the_username(clean_env):
     clean_env.setenv("REDIS_URL", "rediss://app@redis:6380/2?ssl_cert_reqs=required")
     clean_env.setenv("REDIS_PASSWORD", "pw")

@@ -27,6 +27,7 @@ import time
 from celery.bin.celery import celery
 from celery_redis_prometheus import exporter
 from celery_redis_reliable.transport import TAKEN_SUFFIX
+from kombu.transport import redis as kombu_redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -41,6 +42,23 @@ STATS_EVERY = 60.0  # seconds between `inspect stats` broadcasts
 STATS_TIMEOUT = 2.0
 # Answer within Prometheus's scrape timeout when Redis does not.
 REDIS_TIMEOUTS = {"socket_timeout": 3, "socket_connect_timeout": 3}
+
+
+class ReadOnlyQoS(kombu_redis.QoS):
+    def restore_visible(self, *args, **kwargs) -> None:
+        """Not here: the workers put back a dead worker's tasks; this process's Redis user
+        (exporter, deploy/redis/acl.sh) may write no queue. kombu does it from any consumer."""
+
+
+class ReadOnlyChannel(kombu_redis.Channel):
+    QoS = ReadOnlyQoS
+
+
+class ReadOnlyTransport(kombu_redis.Transport):
+    """Stock kombu without the visibility restore: the exporter only receives events and
+    replies, so it needs neither the library's taken list nor a restore."""
+
+    Channel = ReadOnlyChannel
 
 
 def gauge(name: str, doc: str, value: float | None = None, labels=()) -> GaugeMetricFamily:
@@ -123,6 +141,7 @@ def main(args: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    app.conf.broker_transport = ReadOnlyTransport
     exporter.REGISTRY.register(StackCollector(app).start())
     app_module = "{{ cookiecutter.package }}.celery_app"
     argv = ["-A", app_module, "prometheus", "--queue-length"]

@@ -3,13 +3,15 @@
 {% if cookiecutter.web_api == "fastapi" %}Secrets (REDIS_PASSWORD, FLOWER_PASSWORD, API_KEY) come from the environment or from a file named after
 {% else %}Secrets (REDIS_PASSWORD, FLOWER_PASSWORD) come from the environment or from a file named after
 {% endif %}the variable in lower case in SECRETS_DIR (default /run/secrets, where compose, Swarm and
-Kubernetes mount them). A bad value stops start-up with one line per problem, naming the
+Kubernetes mount them). With REDIS_USER (the Redis ACL user of this process's role, see
+deploy/redis/acl.sh) the password file is that user's: redis_<user>_password. A bad value stops start-up with one line per problem, naming the
 variable, before anything connects to Redis; secret values are never printed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from functools import cache
 from pathlib import Path
@@ -41,10 +43,20 @@ DEFAULT_SECRETS_DIR = "/run/secrets"
 # The values Celery's result backend accepts for a rediss:// URL's ssl_cert_reqs (any case).
 _CERT_REQS = {"required", "optional", "none", "cert_required", "cert_optional", "cert_none"}
 
+# A Redis ACL user name as acl.sh writes them; also keeps the file name redis_<user>_password plain.
+_USER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+
 # What each variable accepts, appended to its error so the fix is obvious.
 ACCEPTED = {
     "redis_url": "redis://<host>:<port>/<db> with REDIS_PASSWORD, or redis://:<password>@<host>:<port>/<db>",
-    "redis_password": "a non-empty string (env or the file redis_password in SECRETS_DIR)",
+    "redis_password": (
+        "a non-empty string (env, or in SECRETS_DIR the file redis_<user>_password with "
+        "REDIS_USER, redis_password without)"
+    ),
+    "redis_user": (
+        "a Redis ACL user name: lower-case letter first, then lower-case letters, digits, '-' "
+        "or '_', up to 64 (this stack's: worker, producer, flower, exporter)"
+    ),
     "flower_user": "a name without ':' or ','",
     "flower_password": "a non-empty string without ',' (env or the file flower_password in SECRETS_DIR)",
 {% if cookiecutter.web_api == "fastapi" %}    "api_key": "a string of at least 16 characters (env or the file api_key in SECRETS_DIR)",
@@ -89,6 +101,8 @@ class Settings(BaseSettings):
 
     redis_url: SecretStr
     redis_password: SecretStr | None = None
+    # The Redis ACL user this process connects as (its role); unset: Redis's default user.
+    redis_user: str | None = None
     flower_user: str = "admin"
     flower_password: SecretStr | None = None
 {% if cookiecutter.web_api == "fastapi" %}    # The web API's clients send it as a bearer token (api.py); without it the API refuses to start.
@@ -154,7 +168,8 @@ class Settings(BaseSettings):
         folder = secrets_dir()
         if folder is None:
             return init_settings, env_settings
-        return init_settings, env_settings, SecretsSettingsSource(settings_cls, folder)
+        role = RolePasswordSource(settings_cls, folder)
+        return init_settings, env_settings, role, SecretsSettingsSource(settings_cls, folder)
 
     @field_validator("redis_url")
     @classmethod
@@ -177,6 +192,18 @@ class Settings(BaseSettings):
                     "a rediss:// URL needs ?ssl_cert_reqs= set to one of "
                     "required, optional, none (or CERT_REQUIRED, CERT_OPTIONAL, CERT_NONE)"
                 )
+        return value
+
+    @field_validator("redis_user", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, value: object) -> object:
+        return None if value == "" else value  # REDIS_USER= in a .env: the default user
+
+    @field_validator("redis_user")
+    @classmethod
+    def _redis_user(cls, value: str | None) -> str | None:
+        if value is not None and not _USER_NAME.fullmatch(value):
+            raise ValueError("not a valid Redis ACL user name")
         return value
 
     @field_validator("redis_password", "flower_password")
@@ -257,6 +284,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _one_redis_user(self) -> Settings:
+        named = urlsplit(self.redis_url.get_secret_value()).username
+        if named and self.redis_user and named != self.redis_user:
+            raise ValueError(
+                f"REDIS_URL names a user other than REDIS_USER={self.redis_user}; "
+                "accepted: the user in one of them, or the same in both"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _one_redis_password(self) -> Settings:
         in_url = bool(urlsplit(self.redis_url.get_secret_value()).password)
         if in_url and self.redis_password is not None:
@@ -264,24 +301,54 @@ class Settings(BaseSettings):
                 "REDIS_URL carries a password and REDIS_PASSWORD is set too; accepted: one of them"
             )
         if not in_url and self.redis_password is None:
+            user = self.redis_user
+            file = f"redis_{user}_password" if user not in (None, "default") else "redis_password"
             raise ValueError(
                 "no Redis password: REDIS_URL has none and REDIS_PASSWORD is not set; accepted: "
-                "REDIS_PASSWORD (env or the file redis_password in SECRETS_DIR) or REDIS_URL "
+                f"REDIS_PASSWORD (env or the file {file} in SECRETS_DIR) or REDIS_URL "
                 "redis://:<password>@<host>:<port>/<db>"
             )
         return self
 
     @property
     def broker_url(self) -> str:
-        """REDIS_URL with the password in it, percent-encoded if it came from REDIS_PASSWORD."""
+        """REDIS_URL with REDIS_USER and the password in it, percent-encoded if they came
+        from REDIS_USER and REDIS_PASSWORD."""
         raw = self.redis_url.get_secret_value()
-        if self.redis_password is None:
-            return raw
         url = urlsplit(raw)
-        user = quote(url.username or "", safe="")
+        if self.redis_password is None:
+            if self.redis_user and not url.username:
+                host = url.netloc.rpartition("@")[2]
+                password = url.netloc.rpartition("@")[0].partition(":")[2]
+                return url._replace(netloc=f"{self.redis_user}:{password}@{host}").geturl()
+            return raw
+        user = quote(self.redis_user or url.username or "", safe="")
         password = quote(self.redis_password.get_secret_value(), safe="")
         host = url.netloc.rpartition("@")[2]
         return url._replace(netloc=f"{user}:{password}@{host}").geturl()
+
+
+class RolePasswordSource(PydanticBaseSettingsSource):
+    """REDIS_PASSWORD from the file of REDIS_USER's role, redis_<user>_password in SECRETS_DIR.
+
+    With REDIS_USER set, the default user's file (redis_password) is not read: a missing role
+    file is an error naming it, not a login as the wrong user."""
+
+    def __init__(self, settings_cls: type[BaseSettings], folder: Path):
+        super().__init__(settings_cls)
+        self.folder = folder
+
+    def get_field_value(self, field, field_name):  # unused: __call__ reads the one file
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, object]:
+        user = self.current_state.get("redis_user")
+        if not isinstance(user, str) or not _USER_NAME.fullmatch(user):
+            return {}  # no role, or a bad name the validator reports
+        # Redis's own default user has the requirepass secret (managed Redis: one user).
+        name = "redis_password" if user == "default" else f"redis_{user}_password"
+        path = self.folder / name
+        return {"redis_password": path.read_text().strip() if path.is_file() else None}
 
 
 def secrets_dir() -> Path | None:
