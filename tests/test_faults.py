@@ -147,16 +147,22 @@ class Faults:
         self.stack = stack
         self.tool = TOOL.format(pkg=stack.package)
 
+    def as_admin(self) -> list[str]:
+        """`compose run` options for the tool: it reads what no role may (the unacked hash,
+        the taken and rejected lists), so it connects as Redis's default (admin) user."""
+        password = self.stack.path / "secrets" / "redis_password"
+        return ["-e", "REDIS_USER=default", "-v", f"{password}:/run/secrets/redis_password:ro"]
+
     def tool_run(self, *args: str, timeout: float = 900) -> dict:
         proc = self.stack.compose(
-            "run", "--rm", "-T", "--no-deps", "--entrypoint", "python", "producer",
-            "-c", self.tool, *args, timeout=timeout,
+            "run", "--rm", "-T", "--no-deps", *self.as_admin(), "--entrypoint", "python",
+            "producer", "-c", self.tool, *args, timeout=timeout,
         )  # fmt: skip
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     def popen_tool(self, *args: str) -> subprocess.Popen:
         cmd = ["docker", "compose", "-p", self.stack.name, "run", "--rm", "-T", "--no-deps"]
-        cmd += ["--entrypoint", "python", "producer", "-c", self.tool, *args]
+        cmd += [*self.as_admin(), "--entrypoint", "python", "producer", "-c", self.tool, *args]
         return subprocess.Popen(
             cmd, cwd=self.stack.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
