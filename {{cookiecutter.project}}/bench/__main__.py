@@ -154,6 +154,10 @@ def run_stack(args: argparse.Namespace) -> int:
 
     argv = ["docker", "compose", "run", "--rm", "--no-deps", "-T", "--entrypoint", "python"]
     argv += ["-v", f"{PROJECT / 'bench'}:/bench-src/bench:ro", "-e", "PYTHONPATH=/bench-src"]
+    # As Redis's admin user: it asks each worker its concurrency (a control broadcast and its
+    # reply queue), which the producer role may not (docs/secrets.md).
+    admin = PROJECT / "secrets" / "redis_password"
+    argv += ["-e", "REDIS_USER=default", "-v", f"{admin}:/run/secrets/redis_password:ro"]
     argv += ["producer", "-m", "bench.stack", *(["--smoke"] if args.smoke else [])]
     proc = subprocess.run(argv, cwd=PROJECT, stdout=subprocess.PIPE, text=True, check=False)
     if not proc.stdout.strip():
