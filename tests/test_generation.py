@@ -75,6 +75,20 @@ def test_nothing_left_unrendered(project):
         assert not UNRENDERED.search(path.name), path
 
 
+def test_the_template_names_the_package_only_through_its_variable():
+    """A module path written as the default's (`task_queue.x`) runs in the default project
+    only: another project name fails there at run time (test_acl once did)."""
+    from conftest import TEMPLATE
+
+    hits = [
+        f"{path.relative_to(TEMPLATE)}:{n}"
+        for path in (TEMPLATE / "{{cookiecutter.project}}").rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\btask_queue\.[a-z]", line)
+    ]
+    assert not hits, hits
+
+
 def test_text_files_end_with_one_newline(project):
     # What the generated pre-commit's end-of-file hook demands; Jinja tags on their own line
     # (raw blocks) easily leave a second one. Secret files are git-ignored values, no newline.

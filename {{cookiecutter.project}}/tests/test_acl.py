@@ -159,13 +159,13 @@ def test_every_roles_real_process_works_as_its_user(acl, stack_env, tmp_path):
         started += [w.proc for w in workers.values()]
         flower_port, metrics_port = free_port(), free_port()
         flower_env = {**role_env(stack_env, acl, "flower"), "FLOWER_USER": "admin"}
-        flower = Process("flower", [py, "-m", "task_queue.flower", f"--port={flower_port}",
+        flower = Process("flower", [py, "-m", "{{ cookiecutter.package }}.flower", f"--port={flower_port}",
                                     "--address=127.0.0.1"], flower_env, tmp_path)  # fmt: skip
         started.append(flower.proc)
         for kind, worker in workers.items():
             wait_until(worker.ready, START, f"worker {kind}")
         # After the workers: its first `inspect stats` finds them (the next is a minute later).
-        exporter = Process("exporter", [py, "-m", "task_queue.metrics", "--port", str(metrics_port)],
+        exporter = Process("exporter", [py, "-m", "{{ cookiecutter.package }}.metrics", "--port", str(metrics_port)],
                            role_env(stack_env, acl, "exporter"), tmp_path)  # fmt: skip
         started.append(exporter.proc)
         metrics: list[str] = []
@@ -185,7 +185,7 @@ def test_every_roles_real_process_works_as_its_user(acl, stack_env, tmp_path):
 
         # The producer enqueues on both queues and reads every result back.
         done = subprocess.run(
-            [py, "-m", "task_queue.producer", "--cpu", "4", "--io", "20", "--json"],
+            [py, "-m", "{{ cookiecutter.package }}.producer", "--cpu", "4", "--io", "20", "--json"],
             env=role_env(stack_env, acl, "producer"), capture_output=True, text=True, timeout=START,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
