@@ -135,6 +135,9 @@ def test_every_process_of_the_stack_runs_on_a_tls_only_redis(tls_redis, stack_en
 
         def both_queues() -> bool:
             # Flower lists the queues of the workers it has heard of: both, once both answered.
+            # refresh=1 has it inspect the workers now (it may not have since start-up).
+            workers = f"http://127.0.0.1:{flower_port}/api/workers?refresh=1"
+            urllib3.request("GET", workers, headers=auth, timeout=30)
             body = urllib3.request("GET", queues, headers=auth, timeout=10).json()
             return {q["name"] for q in body["active_queues"]} >= {"cpu", "io"}
 
