@@ -1,5 +1,5 @@
 """The kombu and Celery internals ``transport.py``, ``results.py``, ``events.py`` and ``logline.py``
-override or call.
+override, call or rely on.
 
 kombu 5.7 and Celery 5.7 define them so; neither promises to keep them: importing the library
 checks them (every process that loads the app), so an upgrade that changes one stops the process
@@ -98,9 +98,18 @@ EVENTS_SOURCES: dict[tuple[type, str], None] = {
 }
 
 # logline.py swaps the ``saferepr`` the tracer renders each result with for its success line.
+# results.py holds a SUCCESS for the ack Celery's request sends after the task, in the same
+# process (the forwarded ``held`` goes through store_result): should that ack move, a held
+# result would wait for nothing.
 from celery.app import trace as celery_trace  # noqa: E402
+from celery.worker import request as celery_request  # noqa: E402
 
-TRACE_SOURCES: dict[tuple[object, str], None] = {(celery_trace, "build_tracer"): None}
+MODULE_SOURCES: dict[tuple[object, str], None] = {
+    (celery_trace, "build_tracer"): None,
+    (celery_request, "create_request_cls"): None,
+    (celery_request.Request, "on_success"): None,
+    (celery_base.Backend, "store_result"): None,
+}
 
 # Versions the hashes below were taken from (current_sources() when porting).
 TESTED_KOMBU = "5.7.0"
@@ -148,6 +157,9 @@ SOURCES: dict[str, str] = {
     "celery.events.dispatcher.EventDispatcher.flush": "cfe9e993dd78d2bc",
     "celery.events.dispatcher.EventDispatcher.extend_buffer": "e21817bb12ff11b0",
     "celery.app.trace.build_tracer": "08ed56a73aae7ff5",
+    "celery.worker.request.create_request_cls": "c85e09e54e7c6109",
+    "celery.worker.request.Request.on_success": "c5bae96d102faa2b",
+    "celery.backends.base.Backend.store_result": "e930ccab0401431e",
 }
 
 
@@ -181,7 +193,7 @@ def changes(table: dict[tuple[type, str], str | None] = EXPECTED) -> list[str]:
 
 def _functions():
     """Every guarded attribute that is code, by dotted name."""
-    for table in (EXPECTED, CELERY_EXPECTED, CELERY_SOURCES, EVENTS_SOURCES, TRACE_SOURCES):
+    for table in (EXPECTED, CELERY_EXPECTED, CELERY_SOURCES, EVENTS_SOURCES, MODULE_SOURCES):
         for owner, name in table:
             module = owner if inspect.ismodule(owner) else None
             where = module.__name__ if module else f"{owner.__module__}.{owner.__name__}"

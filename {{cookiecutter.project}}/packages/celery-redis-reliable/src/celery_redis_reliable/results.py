@@ -22,41 +22,80 @@ Here the store waits for room, as long as Redis stays full, logged once per full
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from functools import partial
 
 from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.objects import cached_property
+from redis.commands.core import Script
 from redis.exceptions import OutOfMemoryError
 
 from . import transport
 
-# KEYS[1] result key; ARGV[1] encoded meta, ARGV[2] expiry in seconds (0: none), ARGV[3] state
-# that must not be overwritten, ARGV[4] '1' when this backend writes plain JSON. Returns 1 if
-# stored, 0 if that state was already there, -1 (nothing written) if a value is stored that the
-# script cannot read: the caller then decides in Python, as Celery does.
-STORE = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  if ARGV[4] ~= '1' then return -1 end
-  local ok, meta = pcall(cjson.decode, current)
-  if not ok or type(meta) ~= 'table' then return -1 end
-  if meta['status'] == ARGV[3] then return 0 end
+# store(key, encoded meta, expiry in seconds (0: none), state that must not be overwritten, '1'
+# when this backend writes plain JSON). Returns 1 if stored, 0 if that state was already there,
+# -1 (nothing written) if a value is stored that the script cannot read: the caller then
+# decides in Python, as Celery does.
+STORE_FUNCTION = b"""
+local function store(key, value, expires, keep, plain)
+  local current = redis.call('GET', key)
+  if current then
+    if plain ~= '1' then return -1 end
+    local ok, meta = pcall(cjson.decode, current)
+    if not ok or type(meta) ~= 'table' then return -1 end
+    if meta['status'] == keep then return 0 end
+  end
+  if expires ~= '0' then
+    redis.call('SET', key, value, 'EX', expires)
+  else
+    redis.call('SET', key, value)
+  end
+  redis.call('PUBLISH', key, value)
+  return 1
 end
-if ARGV[2] ~= '0' then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
 """
+# KEYS[1] result key; ARGV: as store's.
+STORE = STORE_FUNCTION + b"return store(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
+
+# A task's result, then its delivery's ack (the transport's FORGET), in one script: the result
+# is written before the record goes, atomically. Returns -1 (nothing done) if store could not
+# judge the stored value, else forget's answer.
+# KEYS: unacked_index, unacked, result key. ARGV: tag, score, life (forget's), then store's.
+SETTLE = Script(None, transport.LIFE + transport.FORGET_FUNCTION + STORE_FUNCTION + b"""
+if store(KEYS[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) == -1 then return -1 end
+return forget(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+""")  # fmt: skip
 
 
 UNREADABLE = -1
 FULL_PAUSE_FIRST, FULL_PAUSE_MAX = 0.5, 5.0  # seconds between stores while Redis is full
 STORING = "storing results"
+
+
+@dataclass
+class Held:
+    """A SUCCESS kept for the ack of the delivery that ran it (transport.HeldResult)."""
+
+    key: bytes
+    value: bytes
+    expires: int
+    server: tuple
+    store: partial  # Backend.store_result, not held: Celery's retries, the full-Redis wait
+
+    def settle(self, client, keys: list, args: list) -> int:
+        stored = [self.value, self.expires, states.SUCCESS, 1]  # plain JSON: only then held
+        settled = SETTLE([*keys, self.key], [*args, *stored], client)
+        if settled != UNREADABLE:
+            return settled
+        self.store()  # Celery's own check, in Python; then the ack alone
+        return transport.FORGET(keys, args, client)
+
+
+def delivery_tag(request) -> str | None:
+    return (getattr(request, "properties", None) or {}).get("delivery_tag")
 
 
 class Backend(RedisBackend):
@@ -71,7 +110,33 @@ class Backend(RedisBackend):
     def _store_script(self):
         return self.client.register_script(STORE)
 
-    def _store_result(self, task_id, result, state, traceback=None, request=None, **kwargs):
+    @cached_property
+    def _server(self) -> tuple:
+        return transport.redis_server(self.client.connection_pool)
+
+    def _store_result(
+        self, task_id, result, state, traceback=None, request=None, held=True, **kwargs
+    ):
+        tag = delivery_tag(request)
+        if tag is not None and held and self._can_hold(state, request):
+            key, value = self._encoded(task_id, result, state, traceback, request)
+            again = partial(
+                self.store_result, task_id, result, state, traceback, request, held=False
+            )
+            expires = int(self.expires or 0)
+            waiting = Held(key, value, expires, self._server, again)
+            if transport.STATE.hold_result(tag, request.properties, waiting):
+                return result
+        elif tag is not None:
+            # A SUCCESS held for this delivery is stored first: then it is never replaced.
+            transport.STATE.store_held(tag)
+        return self._store_now(task_id, result, state, traceback, request, **kwargs)
+
+    def _can_hold(self, state, request) -> bool:
+        # A chord's part is counted right after its store: that must see it stored.
+        return state == states.SUCCESS and self._plain_json and not request.chord
+
+    def _store_now(self, task_id, result, state, traceback=None, request=None, **kwargs):
         pause = FULL_PAUSE_FIRST
         while True:
             try:
@@ -85,7 +150,8 @@ class Backend(RedisBackend):
             transport.STATE.room_for(STORING)
             return stored
 
-    def _store_once(self, task_id, result, state, traceback, request, **kwargs):
+    def _encoded(self, task_id, result, state, traceback, request) -> tuple[bytes, bytes]:
+        """The result's key and value, as Celery writes them."""
         meta = self._get_result_meta(
             result=result, state=state, traceback=traceback, request=request
         )
@@ -95,8 +161,11 @@ class Backend(RedisBackend):
             raise BackendStoreError(
                 "value too large for Redis backend", state=state, task_id=task_id
             )
+        return self.get_key_for_task(task_id), value
+
+    def _store_once(self, task_id, result, state, traceback, request, **kwargs):
+        key, value = self._encoded(task_id, result, state, traceback, request)
         expires = self.failure_expires if state == states.FAILURE else self.expires
-        key = self.get_key_for_task(task_id)
         # Connection errors are retried as Celery's own set() retries them.
         stored = self.ensure(self._store, (key, value, int(expires or 0)))
         if stored == UNREADABLE:

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from functools import partial
 from queue import Empty
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
@@ -140,16 +140,45 @@ return 1
 # when it puts it back, so a copy another worker took since has the same tag, a newer score.
 # And only in the life it was recorded in: after a restart, what the task wrote may be gone
 # (returns LIFE_CHANGED, record kept: the caller puts the message back).
+# Needs LIFE; results.py runs it after a task's result store, in the same script.
+FORGET_FUNCTION = b"""
+local function forget(index, unacked, tag, score, recorded_in)
+    local current = redis.call('ZSCORE', index, tag)
+    if not current or tonumber(current) ~= tonumber(score) then return 0 end
+    if recorded_in ~= '-' and life() ~= recorded_in then return 2 end
+    redis.call('ZREM', index, tag)
+    redis.call('HDEL', unacked, tag)
+    return 1
+end
+"""
 # KEYS: unacked_index, unacked. ARGV: delivery tag, score written when it was recorded, life.
-FORGET = Script(None, LIFE + b"""
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
-if ARGV[3] ~= '-' and life() ~= ARGV[3] then return 2 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-return 1
+FORGET = Script(None, LIFE + FORGET_FUNCTION + b"""
+return forget(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 """)  # fmt: skip
 LIFE_CHANGED = 2
+
+
+class HeldResult(Protocol):
+    """A task's result waiting for its delivery's ack, to be stored in the same round trip."""
+
+    server: tuple  # redis_server() of the backend's pool: only a channel on it can store it
+
+    def settle(self, client, keys: list, args: list) -> int:
+        """Store the result, then run FORGET's ``forget`` (keys, args): in one script."""
+
+    def store(self) -> None:
+        """Store it the backend's own way (retried): before the delivery is settled otherwise."""
+
+
+def redis_server(pool) -> tuple:
+    """Which Redis server and database a redis-py pool talks to."""
+    kwargs = pool.connection_kwargs
+    return (
+        kwargs.get("host"),
+        str(kwargs.get("port")),
+        kwargs.get("path"),
+        int(kwargs.get("db") or 0),
+    )
 
 
 class Taken(NamedTuple):
@@ -157,6 +186,17 @@ class Taken(NamedTuple):
 
     key: str  # <queue>.taken
     raw: bytes  # the entry as Redis holds it
+
+
+class ResultNotStored(Exception):
+    """A held result could not be stored: its delivery is left unsettled, to run again."""
+
+
+def store_result(result: HeldResult, delivery_tag: str) -> None:
+    try:
+        result.store()
+    except Exception as exc:  # not a connection error: nothing may defer the settle now
+        raise ResultNotStored(f"task result of delivery {delivery_tag}: {error_text(exc)}") from exc
 
 
 class PutBack(Exception):
@@ -187,6 +227,34 @@ class ProcessState:
         self.seen: dict[str, dict[str, float]] = {}  # taken list -> entry digest -> first seen
         self.logged_once: set[str] = set()
         self.full: set[str] = set()  # what waits for a full Redis to have room
+        # Deliveries this process recorded and has not settled: tag -> the QoS that settles it
+        # and the delivered message's properties. A message put back keeps its tag, so a run
+        # of an earlier delivery of it is told apart by that object (the task's
+        # request.properties is the same one, except where the request was pickled: prefork).
+        self.held: dict[str, tuple[QoS, dict]] = {}
+        self.pid = os.getpid()  # a forked child inherits ``held``: it settles none of it
+
+    def hold_result(self, delivery_tag: str, properties, result: HeldResult) -> bool:
+        """Keep a task's result for its delivery's ack, which then stores it in the same
+        round trip; False (store it now) unless this process acks that very delivery later,
+        on a channel to the result's Redis."""
+        qos, delivered = self.held.get(delivery_tag, (None, None))
+        if qos is None or delivered is not properties or os.getpid() != self.pid:
+            return False
+        if qos._closed() or qos.server() != result.server:
+            return False
+        qos.results[delivery_tag] = result
+        return True
+
+    def unhold(self, delivery_tag: str, qos: QoS) -> None:
+        """``qos`` settles that delivery no more (another channel's copy keeps its own entry)."""
+        if self.held.get(delivery_tag, (None,))[0] is qos:
+            del self.held[delivery_tag]
+
+    def store_held(self, delivery_tag: str) -> None:
+        """Store now the result held for a delivery (another store follows, or another settle)."""
+        if (qos := self.held.get(delivery_tag, (None,))[0]) is not None:
+            qos.store_held(delivery_tag)
 
     def full_for(self, what: str, exc: BaseException) -> None:
         """Say once per full period that ``what`` waits for room in Redis."""
@@ -324,7 +392,20 @@ class QoS(kombu_redis.QoS):
         """Delivery tag -> the life of Redis its record was written in."""
         return self.__dict__.setdefault("_lives", {})
 
+    @property
+    def results(self) -> dict[str, HeldResult]:
+        """Delivery tag -> its task's result, held for the ack (STATE.hold_result)."""
+        return self.__dict__.setdefault("_results", {})
+
+    def server(self) -> tuple:
+        return redis_server(self.channel.pool)
+
+    def store_held(self, delivery_tag: str) -> None:
+        if (result := self.results.pop(delivery_tag, None)) is not None:
+            store_result(result, delivery_tag)
+
     def _release(self, delivery_tag: str) -> tuple[float | None, str]:
+        STATE.unhold(delivery_tag, self)
         return self.scores.pop(delivery_tag, None), self.lives.pop(delivery_tag, NO_LIFE)
 
     def append(self, message, delivery_tag):
@@ -342,6 +423,7 @@ class QoS(kombu_redis.QoS):
                 if life == NO_LIFE:
                     STATE.log_once(logging.WARNING, NO_LIFE_WARNING)
                 self.scores[delivery_tag], self.lives[delivery_tag] = score, life
+                STATE.held[delivery_tag] = (self, message.properties)
                 return virtual.QoS.append(self, message, delivery_tag)
             except (*self.channel.connection_errors, OutOfMemoryError) as exc:
                 # A full Redis refuses kombu's MULTI record (BRPOP path) as a whole: retried.
@@ -389,6 +471,9 @@ class QoS(kombu_redis.QoS):
             for tag in tags:
                 # Kept: a task still running acks this delivery later, cancelling the restore.
                 STATE.defer(tag, True, self.scores.get(tag))
+                # No result is held for it from now on, and this closed QoS is not kept alive
+                # for deliveries that never ack (reserved ones, dropped by Celery).
+                STATE.unhold(tag, self)
             self._delivered.clear()
             logger.warning(
                 "%d unacknowledged tasks go back once Redis answers: %s", len(tags), error_text(exc)
@@ -401,6 +486,7 @@ class QoS(kombu_redis.QoS):
         self._or_defer(delivery_tag, requeue, partial(self._reject_owned, delivery_tag, requeue))
 
     def _reject_owned(self, delivery_tag: str, requeue: bool) -> None:
+        self.store_held(delivery_tag)
         score = self.scores.get(delivery_tag)
         if requeue:
             self.restore_owned(delivery_tag, score, leftmost=True)
@@ -428,18 +514,32 @@ class QoS(kombu_redis.QoS):
                 return settle()
             except (*self.channel.connection_errors, OutOfMemoryError) as exc:
                 logger.warning("task settled once Redis answers (%s)", error_text(exc))
+        self.store_held(delivery_tag)  # the result before the settle, deferred or not
         STATE.defer(delivery_tag, requeue, *self._release(delivery_tag))
         virtual.QoS.ack(self, delivery_tag)  # settled in memory; in Redis by STATE.settle
 
     def forget(self, delivery_tag: str, score: float | None = None, life: str = NO_LIFE) -> None:
         """Remove the record of a delivery; with its score, only while it is still its; with
         its life, only if Redis has not restarted since: else the message goes back."""
+        result = self.results.pop(delivery_tag, None)
         if score is None:
+            if result is not None:
+                store_result(result, delivery_tag)
             self._remove_from_indices(delivery_tag).execute()
             return
-        keys = [self.unacked_index_key, self.unacked_key]
+        keys, args = [self.unacked_index_key, self.unacked_key], [delivery_tag, repr(score), life]
         with self.channel.conn_or_acquire() as client:
-            if FORGET(keys, [delivery_tag, repr(score), life], client) != LIFE_CHANGED:
+            try:
+                # A held result: stored, then the record forgotten, in one round trip.
+                settled = (
+                    result.settle(client, keys, args) if result else FORGET(keys, args, client)
+                )
+            except (*self.channel.connection_errors, OutOfMemoryError):
+                if result is None:
+                    raise
+                store_result(result, delivery_tag)  # retried, waits for room; then as before
+                settled = FORGET(keys, args, client)
+            if settled != LIFE_CHANGED:
                 return
         logger.warning(
             "task %s finished across a Redis restart: put back to run again, as what it "
