@@ -65,6 +65,17 @@ def test_io_worker_command_carries_the_pool():
     assert not any(a.startswith("--max-memory-per-child") for a in cmd)
 
 
+def test_each_io_process_has_its_own_name_under_io():
+    settings = Settings(redis_url="redis://:pw@r:6379/0", io_processes=3)
+    first, second, third = (worker_argv("io", settings, n) for n in (1, 2, 3))
+    # The first keeps today's name; all start "io@" (monitoring/alerts.yml matches io@.*).
+    assert "--hostname=io@%h" in first
+    assert "--hostname=io@%h-2" in second and "--hostname=io@%h-3" in third
+    assert [a for a in first if a != "--hostname=io@%h"] == [
+        a for a in second if a != "--hostname=io@%h-2"
+    ]
+
+
 def test_solo_runs_one_task_per_process():
     assert "--concurrency=1" in argv("cpu", cpu_pool="solo", cpu_concurrency=8)
 
