@@ -3,8 +3,9 @@
 import pytest
 
 from {{ cookiecutter.package }}.celery_app import TASK_ROUTES, app
+from {{ cookiecutter.package }}.health import beats
 from {{ cookiecutter.package }}.settings import Settings
-from {{ cookiecutter.package }}.worker import worker_argv, worker_env
+from {{ cookiecutter.package }}.worker import io_commands, worker_argv, worker_env
 
 PACKAGE = "{{ cookiecutter.package }}"
 
@@ -74,6 +75,19 @@ def test_each_io_process_has_its_own_name_under_io():
     assert [a for a in first if a != "--hostname=io@%h"] == [
         a for a in second if a != "--hostname=io@%h-2"
     ]
+
+
+def test_io_commands_give_each_process_a_heartbeat_the_probe_checks(tmp_path):
+    base = tmp_path / "beat"
+    stale = tmp_path / "beat.2"
+    stale.write_text("ready")  # from the run before a restart: must not pass for the new one
+    settings = Settings(redis_url="redis://:pw@r:6379/0", io_processes=2, heartbeat_file=str(base))
+    commands = io_commands(settings, {"KEEP": "1"})
+    assert [argv for argv, _ in commands] == [worker_argv("io", settings, n) for n in (1, 2)]
+    files = [env["HEARTBEAT_FILE"] for _, env in commands]
+    assert files == [f"{base}.1", f"{base}.2"] == beats(str(base))
+    assert all(env["KEEP"] == "1" for _, env in commands)
+    assert not stale.exists()
 
 
 def test_solo_runs_one_task_per_process():
