@@ -261,8 +261,10 @@ def test_cpu_worker_has_a_cpu_limit_for_auto_concurrency(project, rendered):
         # --concurrency=auto reads the cgroup quota: a whole number of CPUs, one per process.
         assert cores == int(cores) >= 1
         assert config_data(rendered[variant])["CPU_POOL"] == cpu_pool
-        io_limits = container(workloads(rendered[variant])["worker-io"])["resources"]["limits"]
-        assert cpu_cores(io_limits["cpu"]) == 1
+        io = container(workloads(rendered[variant])["worker-io"])["resources"]
+        # A core per io process: raising IO_PROCESSES alone would squeeze them into one CPU.
+        processes = int(config_data(rendered[variant])["IO_PROCESSES"])
+        assert cpu_cores(io["limits"]["cpu"]) == cpu_cores(io["requests"]["cpu"]) == processes
         assert config_data(rendered[variant])["IO_CONCURRENCY"].isdigit()
 
 

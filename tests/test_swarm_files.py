@@ -161,13 +161,17 @@ def test_docker_stack_config_accepts_the_stack(project, override, demo):
     if override:
         files += ["-c", "deploy/swarm/stack.dnsrr.yaml"]
     env = {**os.environ, "IMAGE": "registry.example/app:1.2", "FLOWER_USER": "ops"}
+    # With the demo, also two io processes: the CPU limit must follow them.
+    env.update(IO_PROCESSES="2" if demo else "")
     out = yaml.safe_load(run(["docker", "stack", "config", *files], cwd=project, env=env).stdout)
     services = out["services"]
     assert {s["image"] for n, s in services.items() if n != "redis"} == {"registry.example/app:1.2"}
     solo = "solo" in (project / ".env.example").read_text().split("CPU_POOL=")[1].split()[0]
     assert services["worker-cpu"]["deploy"]["replicas"] == (2 if solo else 1)
     assert services["worker-cpu"]["deploy"]["update_config"]["order"] == "start-first"
-    assert services["worker-io"]["deploy"]["resources"]["limits"]["cpus"] == "1"
+    io_processes = "2" if demo else "1"
+    assert services["worker-io"]["deploy"]["resources"]["limits"]["cpus"] == io_processes
+    assert services["worker-io"]["environment"]["IO_PROCESSES"] == io_processes
     assert ("demo-api" in services) == demo
     assert (services["beat"]["environment"].get("DEMO") == "true") == demo
     modes = {n: s.get("deploy", {}).get("endpoint_mode") for n, s in services.items()}

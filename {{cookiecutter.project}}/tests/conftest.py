@@ -18,6 +18,7 @@ import pytest
 from celery_redis_reliable.fixtures import private_redis, redis_url
 from celery_redis_reliable.testing import RedisServer
 
+from {{ cookiecutter.package }}.health import beats
 from {{ cookiecutter.package }}.settings import Settings
 
 from bench.procs import start_upstream, stop, wait_until
@@ -84,7 +85,38 @@ class Worker:
     def ready(self) -> bool:
         if self.proc.poll() is not None:
             raise RuntimeError(f"worker {self.kind} exited:\n{self.log.read_text()}")
-        return self.heartbeat.exists() and "ready." in self.log.read_text()
+        # With IO_PROCESSES > 1: every process's file, once the supervisor has listed them.
+        beating = all(os.path.exists(path) for path in beats(str(self.heartbeat)))
+        return beating and "ready." in self.log.read_text()
+
+
+# Freezes the main thread (the worker's event loop) on SIGUSR2, for FREEZE_SECONDS: a stuck
+# loop with Redis answering. Python runs signal handlers in the main thread only.
+FREEZER = """
+import os, signal, time
+
+def _freeze(signum, frame):
+    end = time.monotonic() + float(os.environ["FREEZE_SECONDS"])
+    while time.monotonic() < end:
+        pass
+
+signal.signal(signal.SIGUSR2, _freeze)
+"""
+
+
+def probe(worker: Worker, check: str = "heartbeat") -> bool:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "{{ cookiecutter.package }}.health",
+            check,
+        ],
+        env={**os.environ, "HEARTBEAT_FILE": str(worker.heartbeat)},
+        capture_output=True,
+        timeout=60,
+    )
+    return proc.returncode == 0
 
 
 POOLS = {"prefork": "cpu", "solo": "cpu", "gevent": "io", "threads": "io"}  # pool -> kind

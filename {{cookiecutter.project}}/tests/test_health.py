@@ -5,7 +5,9 @@ import os
 from {{ cookiecutter.package }}.health import (
     BROKER_AWAY,
     heartbeat_ok,
+    listing,
     main,
+    process_beats,
     ready_ok,
     write_beat,
 )
@@ -35,6 +37,23 @@ def test_cli_exit_codes(tmp_path, monkeypatch):
     monkeypatch.setenv("HEARTBEAT_FILE", str(tmp_path / "missing"))
     assert main(["heartbeat"]) == 1
     assert main(["nonsense"]) == 2
+
+
+def test_with_listed_processes_every_one_must_pass(tmp_path, monkeypatch):
+    base = str(tmp_path / "beat")
+    monkeypatch.setenv("HEARTBEAT_FILE", base)
+    first, second = process_beats(base, 2)
+    write_beat(listing(base), f"{first}\n{second}")
+    write_beat(first, "ready")
+    assert main(["heartbeat"]) == 1  # the second has not beaten yet
+    write_beat(second, "ready")
+    assert main(["heartbeat"]) == main(["ready"]) == 0
+    write_beat(second, BROKER_AWAY)
+    assert (main(["heartbeat"]), main(["ready"])) == (0, 1)
+    old = os.stat(first).st_mtime - 60
+    os.utime(first, (old, old))  # the first froze
+    assert main(["heartbeat"]) == 1
+    assert not os.path.exists(base)  # the listing is read, not the plain file
 
 
 class Clock:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import Worker, make_client, start_pools, stop, wait_until, with_redis
+from conftest import FREEZER, make_client, probe, start_pools, stop, wait_until, with_redis
 
 pytestmark = pytest.mark.slow  # minutes: a 90 s outage, a 60 s freeze, a task past its limit
 
@@ -24,34 +22,6 @@ IO = "{{ cookiecutter.package }}.tasks.io.wait_on_api"
 OUTAGE = 90  # seconds Redis stays away
 PROBE_EVERY = 5  # compose's interval for the workers
 HANG = 600  # safety net: a wait this long is a hang
-
-# Freezes the main thread (the worker's event loop) on SIGUSR2, for FREEZE_SECONDS: a stuck
-# loop with Redis answering. Python runs signal handlers in the main thread only.
-FREEZER = """
-import os, signal, time
-
-def _freeze(signum, frame):
-    end = time.monotonic() + float(os.environ["FREEZE_SECONDS"])
-    while time.monotonic() < end:
-        pass
-
-signal.signal(signal.SIGUSR2, _freeze)
-"""
-
-
-def probe(worker: Worker, check: str = "heartbeat") -> bool:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "{{ cookiecutter.package }}.health",
-            check,
-        ],
-        env={**os.environ, "HEARTBEAT_FILE": str(worker.heartbeat)},
-        capture_output=True,
-        timeout=60,
-    )
-    return proc.returncode == 0
 
 
 def test_redis_away_90_s_under_load_fails_no_probe_and_loses_no_task(

@@ -3,8 +3,9 @@
 import pytest
 
 from {{ cookiecutter.package }}.celery_app import TASK_ROUTES, app
+from {{ cookiecutter.package }}.health import beats
 from {{ cookiecutter.package }}.settings import Settings
-from {{ cookiecutter.package }}.worker import worker_argv, worker_env
+from {{ cookiecutter.package }}.worker import io_commands, worker_argv, worker_env
 
 PACKAGE = "{{ cookiecutter.package }}"
 
@@ -63,6 +64,30 @@ def test_io_worker_command_carries_the_pool():
     cmd = argv("io", io_pool="gevent", io_concurrency=321)
     assert {"--queues=io", "--pool=gevent", "--concurrency=321"} <= set(cmd)
     assert not any(a.startswith("--max-memory-per-child") for a in cmd)
+
+
+def test_each_io_process_has_its_own_name_under_io():
+    settings = Settings(redis_url="redis://:pw@r:6379/0", io_processes=3)
+    first, second, third = (worker_argv("io", settings, n) for n in (1, 2, 3))
+    # The first keeps today's name; all start "io@" (monitoring/alerts.yml matches io@.*).
+    assert "--hostname=io@%h" in first
+    assert "--hostname=io@%h-2" in second and "--hostname=io@%h-3" in third
+    assert [a for a in first if a != "--hostname=io@%h"] == [
+        a for a in second if a != "--hostname=io@%h-2"
+    ]
+
+
+def test_io_commands_give_each_process_a_heartbeat_the_probe_checks(tmp_path):
+    base = tmp_path / "beat"
+    stale = tmp_path / "beat.2"
+    stale.write_text("ready")  # from the run before a restart: must not pass for the new one
+    settings = Settings(redis_url="redis://:pw@r:6379/0", io_processes=2, heartbeat_file=str(base))
+    commands = io_commands(settings, {"KEEP": "1"})
+    assert [argv for argv, _ in commands] == [worker_argv("io", settings, n) for n in (1, 2)]
+    files = [env["HEARTBEAT_FILE"] for _, env in commands]
+    assert files == [f"{base}.1", f"{base}.2"] == beats(str(base))
+    assert all(env["KEEP"] == "1" for _, env in commands)
+    assert not stale.exists()
 
 
 def test_solo_runs_one_task_per_process():

@@ -27,6 +27,7 @@ def test_defaults_are_the_generated_choices():
     assert s.io_pool == "{{ cookiecutter.io_pool }}"
     assert str(s.cpu_concurrency) == "{{ cookiecutter.cpu_concurrency }}"
     assert s.io_concurrency == {{ cookiecutter.io_concurrency }}
+    assert s.io_processes == 1  # worker-cpu wants the cores: docs/pools.md
     assert s.broker_url == GOOD_URL
 
 
@@ -43,12 +44,14 @@ def test_values_from_env_are_typed(clean_env):
     clean_env.setenv("CPU_CONCURRENCY", "3")
     clean_env.setenv("TASK_EVENTS", "false")
     clean_env.setenv("LOG_LEVEL", "debug")
+    clean_env.setenv("IO_PROCESSES", "2")
     s = Settings()
-    assert (s.io_concurrency, s.cpu_concurrency, s.task_events, s.log_level) == (
+    assert (s.io_concurrency, s.cpu_concurrency, s.task_events, s.log_level, s.io_processes) == (
         750,
         3,
         False,
         "DEBUG",
+        2,
     )
 
 
@@ -58,6 +61,9 @@ def test_values_from_env_are_typed(clean_env):
         ("IO_CONCURRENCY", "abc"),
         ("IO_CONCURRENCY", "0"),
         ("IO_CONCURRENCY", "100000"),
+        ("IO_PROCESSES", "0"),
+        ("IO_PROCESSES", "65"),
+        ("IO_PROCESSES", "two"),
         ("CPU_CONCURRENCY", "-1"),
         ("CPU_CONCURRENCY", "many"),
         ("CPU_POOL", "eventlet"),

@@ -2,6 +2,8 @@
 
 python -m {{ cookiecutter.package }}.health heartbeat   # worker, beat: heartbeat file is fresh
 python -m {{ cookiecutter.package }}.health ready       # and the worker's broker answers
+
+With IO_PROCESSES > 1 both check every io process's file: one frozen process fails the container.
 python -m {{ cookiecutter.package }}.health http URL    # Flower / demo API answer 200
 """
 
@@ -30,6 +32,25 @@ def write_beat(path: str, content: str) -> None:
     with open(partial, "w") as out:
         out.write(content)
     os.replace(partial, path)
+
+
+def process_beats(path: str, processes: int) -> list[str]:
+    """Each io process's heartbeat file when a container runs several (supervise.py)."""
+    return [f"{path}.{n}" for n in range(1, processes + 1)]
+
+
+def listing(path: str) -> str:
+    """Where the supervisor lists its processes' heartbeat files, one a line."""
+    return f"{path}.processes"
+
+
+def beats(path: str) -> list[str]:
+    """The files a probe checks: every process's if listed (all must pass), else ``path``."""
+    try:
+        with open(listing(path)) as listed:
+            return listed.read().splitlines() or [path]
+    except FileNotFoundError:
+        return [path]
 
 
 def ready_ok(path: str, max_age: float = MAX_AGE_SECONDS) -> bool:
@@ -61,9 +82,9 @@ def http_ok(url: str, timeout: float = 3.0) -> bool:
 def main(args: list[str]) -> int:
     beat = os.environ.get("HEARTBEAT_FILE", "/tmp/worker-heartbeat")
     if args[:1] == ["heartbeat"] and len(args) == 1:
-        return 0 if heartbeat_ok(beat) else 1
+        return 0 if all(heartbeat_ok(path) for path in beats(beat)) else 1
     if args[:1] == ["ready"] and len(args) == 1:
-        return 0 if ready_ok(beat) else 1
+        return 0 if all(ready_ok(path) for path in beats(beat)) else 1
     if args[:1] == ["http"] and len(args) == 2:
         return 0 if http_ok(args[1]) else 1
     print(

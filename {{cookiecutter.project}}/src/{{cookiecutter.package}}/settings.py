@@ -65,6 +65,7 @@ ACCEPTED = {
     "io_pool": "gevent or threads",
     "cpu_concurrency": "'auto' or an integer from 1 to 1024",
     "io_concurrency": "an integer from 1 to 10000",
+    "io_processes": "an integer from 1 to 64 (io worker processes per container)",
     "cpu_prefetch_multiplier": "an integer from 1 to 64",
     "io_prefetch_multiplier": "an integer from 2 to 64",
     "task_events": "true or false",
@@ -114,6 +115,9 @@ class Settings(BaseSettings):
     # "auto": Celery sizes prefork to the container's CPU quota and affinity.
     cpu_concurrency: Concurrency | Literal["auto"] = "{{ cookiecutter.cpu_concurrency }}"
     io_concurrency: int = Field({{ cookiecutter.io_concurrency }}, ge=1, le=10000)
+    # io worker processes per container, each IO_CONCURRENCY wide (supervise.py). One: each
+    # tops out near one core, and worker-cpu wants the cores too (docs/pools.md).
+    io_processes: int = Field(1, ge=1, le=64)
     # CPU tasks are long: take one at a time so an idle sibling can take the next.
     cpu_prefetch_multiplier: int = Field(1, ge=1, le=64)
     # gevent drains its queue with a 2 s timeout; a multiplier of 1 starves it.

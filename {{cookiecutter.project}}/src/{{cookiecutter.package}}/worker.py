@@ -4,21 +4,27 @@
     python -m {{ cookiecutter.package }}.worker io     # gevent (or threads), queue "io"
 
 The settings are checked first (the reliability library checks kombu when imported), then the process
-is replaced by Celery (``exec``) so signals from Docker reach the worker directly.
+is replaced by Celery (``exec``) so signals from Docker reach the worker directly. With
+IO_PROCESSES > 1 the io command instead starts that many Celery workers, io@%h, io@%h-2, ..., each
+with its own heartbeat file, and supervises them (supervise.py).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
+from {{ cookiecutter.package }}.health import listing, process_beats, write_beat
 from {{ cookiecutter.package }}.settings import Settings, get_settings
+from {{ cookiecutter.package }}.supervise import supervise
 
 KINDS = ("cpu", "io")
 
 
-def worker_argv(kind: str, settings: Settings) -> list[str]:
-    """Celery's command line for the worker of ``kind`` ("cpu" or "io")."""
+def worker_argv(kind: str, settings: Settings, process: int = 1) -> list[str]:
+    """Celery's command line for the worker of ``kind`` ("cpu" or "io"); ``process``: which of
+    the container's io processes (the first keeps the plain name)."""
     if kind == "cpu":
         pool = settings.cpu_pool
         # solo runs one task at a time in the worker process itself: scale it by replicas.
@@ -38,7 +44,8 @@ def worker_argv(kind: str, settings: Settings) -> list[str]:
         "{{ cookiecutter.package }}.celery_app",
         "worker",
         f"--queues={kind}",
-        f"--hostname={kind}@%h",
+        # "io@" first in every name: alerts, Flower filters and bench/stack.py go by it.
+        f"--hostname={kind}@%h" if process == 1 else f"--hostname={kind}@%h-{process}",
         # The pool must be on the command line: Celery monkey-patches for gevent only
         # when it sees "-P gevent" there, not when it comes from the environment.
         f"--pool={pool}",
@@ -85,8 +92,26 @@ def main(args: list[str] | None = None) -> None:
         )
         raise SystemExit(2)
     settings = get_settings()
+    env = worker_env(args[0], settings)
+    if args[0] == "io" and settings.io_processes > 1:
+        raise SystemExit(supervise(io_commands(settings, env)))
+    # A listing left by an earlier IO_PROCESSES > 1 run here would point the probe elsewhere.
+    Path(listing(settings.heartbeat_file)).unlink(missing_ok=True)
     argv = worker_argv(args[0], settings)
-    os.execve(argv[0], argv, worker_env(args[0], settings))  # noqa: S606 - become Celery
+    os.execve(argv[0], argv, env)  # noqa: S606 - become Celery
+
+
+def io_commands(settings: Settings, env: dict[str, str]) -> list[tuple[list[str], dict[str, str]]]:
+    """One io worker per IO_PROCESSES, each beating in a file of its own that the probe checks."""
+    files = process_beats(settings.heartbeat_file, settings.io_processes)
+    for file in files:
+        # Left by the run before a restart, it would pass the probe before its process is up.
+        Path(file).unlink(missing_ok=True)
+    write_beat(listing(settings.heartbeat_file), "\n".join(files))
+    return [
+        (worker_argv("io", settings, number), {**env, "HEARTBEAT_FILE": file})
+        for number, file in enumerate(files, 1)
+    ]
 
 
 if __name__ == "__main__":
