@@ -39,7 +39,7 @@ echo "requirepass $(secret redis_password)"
 # chord counters, dead-letters, sends events, answers control broadcasts; beat (RedBeat's
 # schedule and lock) runs as this user too.
 user worker '~* &*' \
-  +blmove +brpop +lpush +rpush +lrange +lrem +ltrim +llen +lindex +rpop \
+  +blmove +brpop +lpush +rpush +lrange +lrem +ltrim +llen \
   +hset +hsetnx +hget +hdel +hgetall +hlen \
   +zadd +zrem +zrange +zrangebyscore +zscore +zcard +zcount +zpopmin +zrank \
   +sadd +srem +smembers +sismember \

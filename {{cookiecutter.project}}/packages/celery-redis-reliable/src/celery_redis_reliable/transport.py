@@ -57,7 +57,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, OutOfMemoryError
+from redis.exceptions import OutOfMemoryError
 
 logger = logging.getLogger(__name__)
 
@@ -115,32 +115,6 @@ return 0
 """)  # fmt: skip
 
 CURRENT_LIFE = Script(None, LIFE + b"return life()")
-
-# Take the oldest message and record it as unacknowledged, in one round trip (what BLMOVE and
-# RECORD do in two), sent while the queue is likely to hold more: not blocking, nil if empty.
-# The record is written before the entry leaves the queue: a full Redis refuses the first write
-# with nothing changed. An entry it cannot read as a kombu envelope goes to <queue>.taken, as
-# BLMOVE would move it, for the Python checks (returned with life 0). Returns {entry, life}.
-# KEYS: queue, unacked_index, unacked, taken. ARGV: score.
-TAKE_RECORDED = Script(None, LIFE + b"""
-local raw = redis.call('LINDEX', KEYS[1], -1)
-if not raw then return false end
-local ok, payload = pcall(cjson.decode, raw)
-local properties = ok and type(payload) == 'table' and payload['properties']
-local info = type(properties) == 'table' and properties['delivery_info']
-local tag = type(properties) == 'table' and properties['delivery_tag']
-if type(tag) ~= 'string' or type(info) ~= 'table' or type(info['exchange']) ~= 'string'
-    or type(info['routing_key']) ~= 'string' then
-  redis.call('LPUSH', KEYS[4], raw)
-  redis.call('RPOP', KEYS[1])
-  return {raw, 0}
-end
-redis.call('ZADD', KEYS[2], ARGV[1], tag)
-redis.call('HSET', KEYS[3], tag,
-  '[' .. raw .. ',' .. cjson.encode(info['exchange']) .. ',' .. cjson.encode(info['routing_key']) .. ']')
-redis.call('RPOP', KEYS[1])
-return {raw, life()}
-""")  # fmt: skip
 
 # Move an entry of <queue>.taken back onto the queue, unless someone else already did.
 # KEYS: taken, queue. ARGV: entry, LREM count (1: newest first, -1: oldest first).
@@ -225,14 +199,6 @@ def store_result(result: HeldResult, delivery_tag: str) -> None:
         raise ResultNotStored(f"task result of delivery {delivery_tag}: {error_text(exc)}") from exc
 
 
-class Recorded(NamedTuple):
-    """An entry TAKE_RECORDED took and recorded in one script: the record is written."""
-
-    raw: bytes
-    score: float
-    life: str
-
-
 class PutBack(Exception):
     """The entry left <queue>.taken before its record: the message is not this worker's."""
 
@@ -267,7 +233,6 @@ class ProcessState:
         # request.properties is the same one, except where the request was pickled: prefork).
         self.held: dict[str, tuple[QoS, dict]] = {}
         self.pid = os.getpid()  # a forked child inherits ``held``: it settles none of it
-        self.take_recorded = True  # False once Redis refused TAKE_RECORDED
 
     def hold_result(self, delivery_tag: str, properties, result: HeldResult) -> bool:
         """Keep a task's result for its delivery's ack, which then stores it in the same
@@ -397,12 +362,6 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def delivery_tag_of(raw: bytes) -> str:
-    """The delivery tag TAKE_RECORDED recorded an entry under (it read the same field)."""
-    # Decoded leniently: cjson took bytes that need not be UTF-8; the tag is all it needs.
-    return json.loads(raw.decode("utf-8", "replace"))["properties"]["delivery_tag"]
-
-
 def blmove_supported(version: str) -> bool:
     try:
         major, minor = (int(part) for part in version.split(".")[:2])
@@ -451,12 +410,6 @@ class QoS(kombu_redis.QoS):
 
     def append(self, message, delivery_tag):
         taken = self.channel.pop_taken()
-        if isinstance(taken, Recorded):  # written with the take: as a successful record
-            if taken.life == NO_LIFE:
-                STATE.log_once(logging.WARNING, NO_LIFE_WARNING)
-            self.scores[delivery_tag], self.lives[delivery_tag] = taken.score, taken.life
-            STATE.held[delivery_tag] = (self, message.properties)
-            return virtual.QoS.append(self, message, delivery_tag)
         delivery = message.delivery_info
         record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         score = time.time()
@@ -627,12 +580,8 @@ class Channel(kombu_redis.Channel):
 
     def __init__(self, *args, **kwargs):
         self._ack_queues: set[str] = set()  # queues consumed with acknowledgements
-        self._taking: str | None = None  # queue of the BLMOVE or TAKE_RECORDED in flight
-        self._taken: Taken | Recorded | None = None
-        # Score of the TAKE_RECORDED in flight (None: BLMOVE); sent while the last take found
-        # a message, so an idle queue is still waited on by BLMOVE.
-        self._take_score: float | None = None
-        self._more = False
+        self._taking: str | None = None  # queue of the BLMOVE in flight
+        self._taken: Taken | None = None
         self._swept_at = float("-inf")
         self._redis_version: str | None = None
         self._shared_client = None
@@ -721,14 +670,8 @@ class Channel(kombu_redis.Channel):
             return None
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
-        self._take_score = None
-        if self._more and STATE.take_recorded:
-            self._take_score = time.time()
-            keys = (queue, self.unacked_index_key, self.unacked_key, queue + TAKEN_SUFFIX)
-            command = ("EVALSHA", TAKE_RECORDED.sha, len(keys), *keys, repr(self._take_score))
-        else:
-            wait = self.brpop_timeout if timeout is None else timeout
-            command = ("BLMOVE", queue, queue + TAKEN_SUFFIX, "RIGHT", "LEFT", wait or 0)
+        wait = self.brpop_timeout if timeout is None else timeout
+        command = ("BLMOVE", queue, queue + TAKEN_SUFFIX, "RIGHT", "LEFT", wait or 0)
         self.client.connection.send_command(*command)
 
     def _on_connection_disconnect(self, connection):
@@ -754,57 +697,30 @@ class Channel(kombu_redis.Channel):
 
     def _take(self, **options):
         queue, self._taking = self._taking, None
-        connection, score = self.client.connection, self._take_score
-        self._more = False  # until this take finds a message
+        connection = self.client.connection
         try:
             try:
                 item = self.client.parse_response(connection, "BLMOVE", **options)
             except self.connection_errors:
-                # Reconnect on the next round; a BLMOVE's entry waits in .taken, a
-                # TAKE_RECORDED's record for the visibility timeout.
-                connection.disconnect()
+                connection.disconnect()  # reconnect on the next round; the entry waits in .taken
                 raise
             except OutOfMemoryError as exc:  # refused before it took anything
                 self._full_until = time.monotonic() + FULL_PAUSE
                 STATE.full_for(TAKING, exc)
                 raise Empty() from None
-            except NoScriptError:  # a restarted Redis: loaded now, BLMOVE meanwhile
-                with self.conn_or_acquire() as client:
-                    client.script_load(TAKE_RECORDED.script)
-                raise Empty() from None
-            except self.ResponseError as exc:
-                if score is None:
-                    raise
-                # E.g. an ACL without LINDEX/RPOP: nothing was written; BLMOVE from now on.
-                STATE.take_recorded = False
-                STATE.log_once(logging.WARNING, f"one-round-trip take refused, BLMOVE and a "
-                               f"record instead: {error_text(exc)}")  # fmt: skip
-                raise Empty() from None
             STATE.room_for(TAKING)
             if not item:
                 raise Empty()
-            self._more = True
-            if score is None:
-                self._taken = Taken(queue + TAKEN_SUFFIX, item)
-            else:
-                raw, life = item
-                self._taken = (
-                    Recorded(raw, score, bytes_to_str(life))
-                    if life != 0
-                    else Taken(queue + TAKEN_SUFFIX, raw)
-                )
+            self._taken = Taken(queue + TAKEN_SUFFIX, item)
             self._hand_over(queue, self._taken)
             return True
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
 
-    def _hand_over(self, queue: str, taken: Taken | Recorded) -> None:
+    def _hand_over(self, queue: str, taken: Taken) -> None:
         if queue not in self.connection._callbacks:
             # Read after basic_cancel (e.g. at shutdown): straight back to the queue.
-            if isinstance(taken, Recorded):
-                self.qos.restore_owned(delivery_tag_of(taken.raw), taken.score)  # next taken
-                return
             with self.conn_or_acquire() as client:
                 PUT_BACK([taken.key, queue], [taken.raw, 1], client)
             return
@@ -813,7 +729,7 @@ class Channel(kombu_redis.Channel):
         except PutBack as exc:
             logger.info("task %s was put back on %r before its record: not run here", exc, queue)
 
-    def pop_taken(self) -> Taken | Recorded | None:
+    def pop_taken(self) -> Taken | None:
         taken, self._taken = self._taken, None
         return taken
 
@@ -825,12 +741,6 @@ class Channel(kombu_redis.Channel):
         logger.error("rejected a queue entry (%s), kept in Redis list %r (%d of %d bytes): %.80r",
                      reason, REJECTED_KEY, len(kept), len(raw), raw)  # fmt: skip
         with self.conn_or_acquire() as client:
-            if isinstance(taken, Recorded):  # readable as an envelope by Lua, not by kombu
-                tag = delivery_tag_of(taken.raw)
-                self.qos._remove_from_indices(tag, client.pipeline()).lpush(
-                    REJECTED_KEY, kept
-                ).ltrim(REJECTED_KEY, 0, REJECTED_KEEP - 1).execute()
-                return
             if taken:
                 REJECT([REJECTED_KEY, taken.key], [raw, kept, REJECTED_KEEP], client)
                 return
